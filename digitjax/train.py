@@ -10,7 +10,6 @@ works as written; under `jax.jit` over a sharded batch leave it None.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -251,9 +250,8 @@ def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
         return
     saved = json.loads(saved_path.read_text())
     now = json.loads(config.to_json())
-    changed = sorted(
-        k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
-    )
+    changed = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         raise UserError(
             f"{saved_path}: this workdir holds a run with a different config "
@@ -348,11 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "normalization": norm,
             "model": config.model,
         }
-        checkpoint.save(workdir, state, meta, best=is_best)
         history.append(record)
-        if parallel.is_writer():
+        if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
             files.write_text(workdir / "metrics.jsonl",
                              "".join(json.dumps(r) + "\n" for r in history))
+        checkpoint.save(workdir, state, meta, best=is_best)
         eta = seconds * (config.num_epochs - epoch)
         log(_epoch_line(record, config.num_epochs, eta, is_best))
     if meta["epoch"] >= config.num_epochs and not history:
@@ -372,7 +370,8 @@ def _read_history(workdir: Path, last_epoch: int) -> list[dict]:
 def _epoch_line(r: dict, num_epochs: int, eta: float, is_best: bool) -> str:
     val = ""
     if "val_accuracy" in r:
-        val = f" | val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}{' *' if is_best else ''}"
+        best = " *" if is_best else ""
+        val = f" | val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}{best}"
     return (f"epoch {r['epoch']:>3}/{num_epochs} | train loss {r['train_loss']:.4f} "
             f"acc {r['train_accuracy']:.4f}{val} | {r['images_per_second']:.0f} img/s | "
             f"{r['seconds']:.1f}s | eta {_clock(eta)}")

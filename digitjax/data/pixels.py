@@ -8,6 +8,7 @@ pandas, whose only job is to find the first bad cell and name it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import hashlib
@@ -113,7 +114,10 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
     except UnicodeDecodeError:
         raise UserError(f"{path}: line 1 is not a text header (is this a CSV file?)") from None
     columns = [c.strip().strip('"') for c in header.split(",")]
-    body = np.frombuffer(data, np.uint8)[header_end + 1:]
+    end = len(data)
+    while end > header_end and data[end - 1] in b"\r\n \t":  # trailing blank lines
+        end -= 1
+    body = np.frombuffer(data, np.uint8)[header_end + 1 : end]
     if not body.size or not data[header_end + 1 : header_end + 4097].strip():
         raise UserError(f"{path}: has a header but no data rows")
 
@@ -130,7 +134,7 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
         row, col = np.argwhere(pixels > 255)[0]
         raise UserError(
             f"{path}, line {row + 2}, column '{columns[pixel_idx[col]]}': "
-            f"expected a pixel value 0-255, got {pixels[row, col]}"
+            f"expected a pixel value 0-255, got '{pixels[row, col]}'"
         )
     get = {c: values[:, columns.index(c)].astype(np.int64) for c in special}
     return PixelTable(
@@ -163,7 +167,7 @@ def _parse_uint_table(body: np.ndarray, ncols: int) -> np.ndarray | None:
 
     Returns None for anything else: the slow path then finds and names the problem.
     """
-    if body[-1] != _NEWLINE:
+    if body[-1] != _NEWLINE:  # only the last chunk lacks it
         body = np.concatenate([body, np.array([_NEWLINE], np.uint8)])
     kind = _BYTE_KIND[body]  # one pass classifies every byte
     if (kind == _OTHER).any():
@@ -191,9 +195,13 @@ def _parse_slow(path, data, columns, pixel_idx, label_column, id_column) -> Pixe
     """pandas reader for files the fast path refuses: names the first bad cell, or
     reads the table when only the id column is non-numeric."""
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False,
-                            skip_blank_lines=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8-sig")
+        for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            if len(row) != len(columns):
+                raise UserError(f"{path}, line {line}: expected {len(columns)} comma-separated "
+                                f"values (as in the header), got {len(row)}")
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: malformed CSV ({str(e).strip()})") from None
     pixel_cols = [columns[i] for i in pixel_idx]
     numeric = {}

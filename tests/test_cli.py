@@ -1,0 +1,147 @@
+"""The command line as a user meets it: outputs, predict mode, and bad input."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import run_main
+
+
+def snapshot(folder):
+    """Hashes of every file in `folder` but the parse cache (a new, correct entry
+    there damages nothing)."""
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] != "cache"}
+
+
+def assert_clean_failure(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_training_writes_every_output(trained_workdir):
+    names = {p.name for p in trained_workdir.iterdir()}
+    assert {"config.json", "classes.json", "metrics.jsonl", "submission.csv",
+            "predictions.csv", "test_probs.npy", "checkpoints", "cache"} <= names
+    assert {p.name for p in (trained_workdir / "checkpoints").iterdir()} == {"latest", "best"}
+    sub = pd.read_csv(trained_workdir / "submission.csv")
+    assert list(sub.columns) == ["ImageId", "Label"]
+    assert sub["ImageId"].tolist() == list(range(1, 51))
+    assert sub["Label"].between(0, 9).all()
+    probs = np.load(trained_workdir / "test_probs.npy")
+    assert probs.shape == (50, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.array_equal(probs.argmax(axis=1), sub["Label"].to_numpy())
+
+
+def test_predict_mode_reloads_without_retraining(trained_workdir, digits_dir, tmp_path):
+    before = snapshot(trained_workdir / "checkpoints")
+    proc = run_main("--config", "configs/seed.py", f"--workdir={trained_workdir}",
+                    "--mode=predict", f"--input={digits_dir / 'test.csv'}",
+                    f"--output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch" not in proc.stdout
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(preds.columns) == ["id", "label"] + [f"prob_{i}" for i in range(10)]
+    assert len(preds) == 50
+    # the same best checkpoint on the same file: the training run's submission, exactly
+    assert (tmp_path / "submission.csv").read_bytes() == \
+        (trained_workdir / "submission.csv").read_bytes()
+    assert snapshot(trained_workdir / "checkpoints") == before
+
+
+def write_csv(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+PIXELS = ",".join(f"pixel{i}" for i in range(784))
+ROW = ",".join(["0"] * 784)
+
+
+@pytest.mark.parametrize(
+    "name, text, fragments",
+    [
+        ("missing.csv", None, ["missing.csv: no such file"]),
+        ("empty.csv", "", ["empty.csv: the file is empty"]),
+        ("text.csv", PIXELS + "\n" + ROW.replace("0", "x", 1) + "\n",
+         ["text.csv, line 2, column 'pixel0'", "expected a pixel value 0-255, got 'x'"]),
+        ("big.csv", PIXELS + "\n" + ROW + "\n" + ROW[:-1] + "300\n",
+         ["big.csv, line 3, column 'pixel783'", "got '300'"]),
+        ("narrow.csv", PIXELS.rsplit(",", 1)[0] + "\n" + ROW[2:] + "\n",
+         ["narrow.csv: has 783 pixel columns, but the model was trained on 28x28x1 = 784"]),
+    ],
+)
+def test_bad_predict_input_fails_cleanly_and_damages_nothing(
+        trained_workdir, tmp_path, name, text, fragments):
+    path = tmp_path / name if text is None else write_csv(tmp_path, name, text)
+    before = snapshot(trained_workdir)
+    proc = run_main("--config", "configs/seed.py", f"--workdir={trained_workdir}",
+                    "--mode=predict", f"--input={path}")
+    assert_clean_failure(proc, *fragments)
+    assert snapshot(trained_workdir) == before
+
+
+@pytest.mark.parametrize(
+    "train_text, fragments",
+    [
+        ("label," + PIXELS + "\n12," + ROW + "\n",
+         ["train.csv, line 2, column 'label'", "expected a label in 0..9", "got 12"]),
+        (PIXELS + "\n" + ROW + "\n", ["train.csv: no label column 'label'"]),
+        ("label," + PIXELS + "\n1,-3" + ROW[1:] + "\n",
+         ["train.csv, line 2, column 'pixel0'", "got '-3'"]),
+    ],
+)
+def test_bad_training_data_fails_cleanly_and_damages_nothing(
+        trained_workdir, tmp_path, train_text, fragments):
+    write_csv(tmp_path, "train.csv", train_text)
+    before = snapshot(trained_workdir)
+    proc = run_main("--config", "configs/seed.py", f"--workdir={trained_workdir}",
+                    f"--config.data_dir={tmp_path}", "--config.num_epochs=2",
+                    "--config.val_fraction=0.2")
+    assert_clean_failure(proc, *fragments)
+    assert snapshot(trained_workdir) == before
+
+
+@pytest.mark.parametrize(
+    "flag, fragments",
+    [
+        ("--config.num_epochs=abc", ["--config.num_epochs=abc", "invalid literal for int()"]),
+        ("--config.batch_size=0", ["config.batch_size: expected an integer >= 1, got 0"]),
+        ("--config.val_fraction=1.5", ["config.val_fraction: expected a number in [0, 1)"]),
+        ("--config.model=vgg", ["config.model: expected one of ['cnn', 'seed'], got 'vgg'"]),
+        ("--config.schedule=zigzag", ["config.schedule: expected 'constant'", "'zigzag'"]),
+        ("--config.no_such_field=1", ["no config field 'no_such_field'"]),
+        ("--config.learning_rate=0.01", ["this workdir holds a run with a different config",
+                                         "config.learning_rate"]),
+    ],
+)
+def test_bad_config_fails_cleanly_and_damages_nothing(trained_workdir, flag, fragments):
+    before = snapshot(trained_workdir)
+    proc = run_main("--config", "configs/seed.py", f"--workdir={trained_workdir}",
+                    "--config.val_fraction=0.2", flag)
+    assert_clean_failure(proc, *fragments)
+    assert snapshot(trained_workdir) == before
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_main("--config", "configs/nope.py", f"--workdir={tmp_path}")
+    assert_clean_failure(proc, "--config: cannot load 'configs/nope.py'")
+
+
+def test_embedded_default_runs_offline(tmp_path):
+    proc = run_main("--config", "configs/default.py", f"--workdir={tmp_path}",
+                    "--config.num_epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "embedded 5,000 digits" in proc.stdout
+    assert "--config.data_dir=path/to/digit-recognizer" in proc.stdout
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    assert len(sub) == 1000

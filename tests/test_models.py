@@ -1,0 +1,42 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default, seed
+from digitjax.errors import UserError
+from digitjax.models import create_model
+
+
+def param_count(variables) -> int:
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def test_seed_model_has_the_keras_parameter_count():
+    model = create_model(seed.get_config(), 10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert param_count(variables) == 216_650  # Keras: 320 conv + 216,330 dense
+    assert model.apply(variables, jnp.zeros((5, 28, 28, 1))).shape == (5, 10)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (45, 61, 3)])
+def test_default_cnn_takes_any_image_shape(shape):
+    model = create_model(default.get_config(), 7)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    assert set(variables) == {"params", "batch_stats"}
+    logits = model.apply(variables, jnp.ones((3, *shape)))
+    assert logits.shape == (3, 7)
+
+
+def test_default_cnn_parameter_count():
+    # conv 3x3x1x32 + bn, conv 3x3x32x64 + bn, dense 7*7*64 -> 256 + bn, dense 256 -> 10
+    expected = 288 + 64 + 18432 + 128 + 3136 * 256 + 512 + 2570
+    variables = create_model(default.get_config(), 10).init(
+        jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert param_count(variables) == expected
+
+
+def test_unknown_model_is_named():
+    config = default.get_config()
+    config.model = "vgg"
+    with pytest.raises(UserError, match=r"config.model: expected one of \['cnn', 'seed'\]"):
+        create_model(config, 10)

@@ -1,0 +1,141 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default, seed
+from digitjax import checkpoint, train
+from digitjax.data import load_train
+
+
+@pytest.fixture(scope="module")
+def batch(digits_dir, tmp_path_factory):
+    config = default.get_config()
+    config.data_dir = str(digits_dir)
+    ds = load_train(config, tmp_path_factory.mktemp("cache"))
+    return {"image": jnp.asarray(ds.images[:32] / 255.0, jnp.float32),
+            "label": jnp.asarray(ds.labels[:32])}
+
+
+def state_for(config, n=32):
+    return train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10,
+                                    steps_per_epoch=10)
+
+
+def test_train_step_lowers_the_loss_and_counts_steps(batch):
+    state = state_for(default.get_config())
+    step = jax.jit(train.train_step)
+    losses = []
+    for _ in range(5):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 5
+    assert losses[-1] < losses[0]
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_train_step_is_deterministic(batch):
+    a, ma = jax.jit(train.train_step)(state_for(default.get_config()), batch)
+    b, mb = jax.jit(train.train_step)(state_for(default.get_config()), batch)
+    assert float(ma["loss"]) == float(mb["loss"])
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_pmap_with_axis_name_matches_jit(batch):
+    """With one device, the pmapped step (pmean over a size-1 axis) equals the jitted one."""
+    state = state_for(seed.get_config())
+    expected, m = jax.jit(train.train_step)(state, batch)
+    p_step = jax.pmap(functools.partial(train.train_step, axis_name="batch"), axis_name="batch")
+    replicated = jax.tree.map(lambda x: jnp.expand_dims(x, 0), state)  # device axis of 1
+    got, pm = p_step(replicated, jax.tree.map(lambda x: x[None], batch))
+    np.testing.assert_allclose(pm["loss"][0], m["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params), strict=True):
+        np.testing.assert_allclose(x[0], y, rtol=1e-5, atol=1e-7)
+
+
+def test_eval_step_ignores_masked_rows(batch):
+    state = state_for(seed.get_config())
+    full = train.eval_step(state, batch)
+    half = {**batch, "mask": jnp.arange(32) < 16}
+    first = train.eval_step(state, {k: v[:16] for k, v in batch.items()})
+    masked = train.eval_step(state, half)
+    assert float(full["count"]) == 32 and float(masked["count"]) == 16
+    np.testing.assert_allclose(masked["loss"], first["loss"], rtol=1e-6)
+    np.testing.assert_allclose(masked["accuracy"], first["accuracy"])
+
+
+def test_checkpoint_round_trip(batch, tmp_path):
+    state, _ = jax.jit(train.train_step)(state_for(default.get_config()), batch)
+    meta = {"epoch": 3, "best_val_accuracy": 0.5, "class_names": ["a"]}
+    checkpoint.save(tmp_path, state, meta, best=True)
+    assert checkpoint.exists(tmp_path) and checkpoint.exists(tmp_path, checkpoint.BEST)
+    assert checkpoint.read_meta(tmp_path) == meta
+    restored, got_meta = checkpoint.restore(tmp_path, state_for(default.get_config()))
+    assert got_meta == meta and int(restored.step) == 1
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        assert np.array_equal(as_numpy(x), as_numpy(y))
+
+
+def as_numpy(x) -> np.ndarray:
+    x = jnp.asarray(x)
+    return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+
+def small_run_config(digits_dir, epochs):
+    config = default.get_config()
+    config.data_dir = str(digits_dir)
+    config.num_epochs = epochs
+    config.batch_size = 64
+    config.cnn.features = (8, 16)
+    config.cnn.dense = 32
+    config.progress = False
+    return config
+
+
+def params_of(workdir, config):
+    template = train.create_train_state(config, jax.random.key(1), (28, 28, 1), 10, 1)
+    state, meta = checkpoint.restore(workdir, template)
+    return state, meta
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_ends_with_the_same_parameters(digits_dir, tmp_path, monkeypatch):
+    """Two epochs straight == the same command killed after epoch 1 and run again."""
+    straight = train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "a")
+
+    real_save = checkpoint.save
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(checkpoint, "save", save_then_crash)
+    with pytest.raises(Interrupted):
+        train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.read_meta(tmp_path / "b")["epoch"] == 1
+    resumed = train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
+    assert straight["val_accuracy"] == resumed["val_accuracy"]
+    a, meta_a = params_of(tmp_path / "a", small_run_config(digits_dir, 2))
+    b, meta_b = params_of(tmp_path / "b", small_run_config(digits_dir, 2))
+    assert meta_a["epoch"] == meta_b["epoch"] == 2 and int(a.step) == int(b.step) == 2 * (577 // 64)
+    for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)),
+                    jax.tree.leaves((b.params, b.batch_stats, b.opt_state)), strict=True):
+        assert np.array_equal(x, y)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_finished_run_is_not_retrained(digits_dir, tmp_path):
+    config = small_run_config(digits_dir, 1)
+    first = train.train_and_evaluate(config, tmp_path)
+    stamp = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again == first and again["epoch"] == 1
+    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == stamp
