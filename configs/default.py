@@ -48,5 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.shift = 0.1  # Random shift in +- fraction of the image size.
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
+    config.parallelism = "jit"  # "jit": sharded over a device mesh; "pmap": the legacy path.
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
     return config

@@ -18,15 +18,26 @@ def random_affine(
     rotation_deg: float = 0.0,
     zoom: float = 0.0,
     shift: float = 0.0,
+    part: tuple[jax.Array, int] | None = None,
 ) -> jax.Array:
     """Randomly rotates (+-degrees), zooms (scale in 1 +- zoom) and shifts (+- fraction
-    of the size) each image of a float NHWC batch."""
+    of the size) each image of a float NHWC batch.
+
+    `part=(index, count)` says this batch is part `index` of `count` equal parts of
+    a global batch (pmap): the draws are made for the whole and sliced, so each
+    example gets what it would get unsplit.
+    """
     b, h, w, _ = images.shape
+    index, count = part if part is not None else (0, 1)
     k_rot, k_zoom, k_shift = jax.random.split(key, 3)
-    angle = jnp.deg2rad(jax.random.uniform(k_rot, (b,), minval=-rotation_deg,
-                                           maxval=rotation_deg))
-    scale = jax.random.uniform(k_zoom, (b,), minval=1.0 - zoom, maxval=1.0 + zoom)
-    offset = jax.random.uniform(k_shift, (b, 2), minval=-shift, maxval=shift)
+
+    def draw(k, shape, low, high):
+        values = jax.random.uniform(k, (b * count, *shape), minval=low, maxval=high)
+        return jax.lax.dynamic_slice_in_dim(values, index * b, b)
+
+    angle = jnp.deg2rad(draw(k_rot, (), -rotation_deg, rotation_deg))
+    scale = draw(k_zoom, (), 1.0 - zoom, 1.0 + zoom)
+    offset = draw(k_shift, (2,), -shift, shift)
     return affine(images, angle, scale, offset * jnp.array([h, w], jnp.float32))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from digitjax import predict, train
+from digitjax import parallel, predict, train
 from digitjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -22,6 +22,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder; default runs/<config 
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "predict"], "Train, or predict --input.")
 _INPUT = flags.DEFINE_string("input", "", "With --mode=predict: the images to predict.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "With --mode=predict: default the workdir.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_epoch", 0, "End this invocation after that epoch (0: run to num_epochs).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,8 +42,12 @@ def run(argv: list[str]) -> None:
         raise UserError(f"--config: cannot load '{config_path}' (expected a config file "
                         "defining get_config(), such as configs/default.py)") from None
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MODE.value == "train":
-        train.train_and_evaluate(config, workdir)
+        result = train.train_and_evaluate(config, workdir, _STOP_AFTER.value)
+        if result["epoch"] < config.num_epochs:
+            train.log(f"stopped after epoch {result['epoch']}; run again to resume")
+            return
         for path in predict.predict_test_set(config, workdir):
             train.log(f"wrote {path}")
     else:

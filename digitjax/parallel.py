@@ -7,12 +7,36 @@ each process supplies only its own rows of every global batch.
 
 from __future__ import annotations
 
+import os
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0,
+               process_id: int = -1) -> None:
+    """Joins the multi-controller runtime when the command line or the cluster asks.
+
+    Explicit flags win; otherwise jax's own detection runs on multi-worker TPU VMs
+    and SLURM jobs with several tasks. A single process needs neither.
+    """
+    if coordinator_address:
+        jax.distributed.initialize(coordinator_address, num_processes or None,
+                                   None if process_id < 0 else process_id)
+    elif _multi_worker_cluster():
+        jax.distributed.initialize()
+
+
+def _multi_worker_cluster() -> bool:
+    env = os.environ
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        return True
+    return "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
 
 
 def data_mesh() -> Mesh:
@@ -21,6 +45,12 @@ def data_mesh() -> Mesh:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def replicated_init(fn, mesh: Mesh):
+    """Runs `fn()` (no array arguments) under jit with every output replicated over
+    the mesh: how a state is made on every device of every process alike."""
+    return jax.jit(fn, out_shardings=replicated(mesh))()
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
@@ -54,3 +84,28 @@ def to_host(x: jax.Array) -> np.ndarray:
 def is_writer() -> bool:
     """Process 0 alone writes metrics, submissions and predictions."""
     return jax.process_index() == 0
+
+
+# The pmap path (config.parallelism = "pmap"): one process, a leading device axis.
+
+
+PMAP_AXIS = "batch"
+
+
+def pmap_replicate(tree):
+    """A copy of `tree` per local device, stacked on a new leading axis and placed
+    the way pmap expects its inputs (one slice per device)."""
+    devices = jax.local_devices()
+    sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
+    return jax.tree.map(
+        lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), sharding), tree)
+
+
+def pmap_unreplicate(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def pmap_split(local: np.ndarray) -> np.ndarray:
+    """(batch, ...) -> (devices, batch / devices, ...)."""
+    n = jax.local_device_count()
+    return local.reshape(n, local.shape[0] // n, *local.shape[1:])

@@ -23,9 +23,9 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
     meta = checkpoint.read_meta(workdir, kind)
     if meta is None:
         raise UserError(f"{workdir}: no checkpoint to predict with (train first)")
-    template = create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
-                                  len(meta["class_names"]))
-    template = jax.device_put(template, parallel.replicated(parallel.data_mesh()))
+    template = parallel.replicated_init(
+        lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
+                                   len(meta["class_names"])), parallel.data_mesh())
     return checkpoint.restore(workdir, template, kind)
 
 

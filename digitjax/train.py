@@ -163,30 +163,45 @@ def preprocess(config: ml_collections.ConfigDict, norm: dict | None):
     """uint8 NHWC -> the float32 images the model sees (inside jit)."""
     if norm is None:
         return transforms.scale
-    mean, std = jnp.asarray(norm["mean"]), jnp.asarray(norm["std"])
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
     return lambda images: transforms.standardize(images, mean, std)
 
 
-def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None, augment_key):
-    """The jitted training step on a uint8 batch: scale, augment, `train_step`.
+def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
+    """The compiled training step on a uint8 batch: scale, augment, `train_step`.
 
     Scaling and augmentation are fused into the compiled step, so the host only
     gathers uint8 rows. The state's buffers are donated (updated in place). Not
     `lax.scan` over several steps: on XLA:CPU a conv inside a loop body ran ~10x
     slower than the same step dispatched alone (measured, see experiments/).
+
+    `config.parallelism`: "jit" takes global arrays sharded over the mesh;
+    "pmap" takes a leading device axis and runs `train_step` with `axis_name`.
     """
     to_float = preprocess(config, norm)
     aug = config.augment
     augmenting = aug.rotation_deg > 0 or aug.zoom > 0 or aug.shift > 0
+    axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
 
     def step(state, images, labels):
         images = to_float(images)
         if augmenting:
-            key = jax.random.fold_in(augment_key, state.step)
-            images = augment.random_affine(images, key, aug.rotation_deg, aug.zoom, aug.shift)
-        return train_step(state, {"image": images, "label": labels})
+            key = jax.random.fold_in(augment_base_key(config.seed), state.step)
+            part = None
+            if axis_name:  # draw for the global batch, as the jit path does
+                part = (jax.lax.axis_index(axis_name), jax.local_device_count())
+            images = augment.random_affine(images, key, aug.rotation_deg, aug.zoom,
+                                           aug.shift, part)
+        return train_step(state, {"image": images, "label": labels}, axis_name)
 
+    if axis_name:
+        return jax.pmap(step, axis_name=axis_name, donate_argnums=0)
     return jax.jit(step, donate_argnums=0)
+
+
+def augment_base_key(seed: int) -> jax.Array:
+    """The augmentation stream of a run; made inside the trace, never a captured array."""
+    return jax.random.fold_in(jax.random.key(seed), 1)
 
 
 def make_eval_fn(config: ml_collections.ConfigDict, norm: dict | None):
@@ -231,6 +246,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.num_classes >= 2, "num_classes", "an integer >= 2")
     need(config.normalization in ("unit", "standardize"), "normalization",
          "'unit' or 'standardize'")
+    need(config.parallelism in ("jit", "pmap"), "parallelism", "'jit' or 'pmap'")
+    need(config.parallelism == "jit" or jax.process_count() == 1, "parallelism",
+         "'jit' when running several processes ('pmap' is single-process)")
     n = jax.device_count()
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
@@ -241,7 +259,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 # Fields a resumed run may change: they do not alter what has been trained so far.
-RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "eval_batch_size")
+RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "eval_batch_size",
+                     "parallelism")
 
 
 def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -265,9 +284,14 @@ def log(message: str, end: str = "\n") -> None:
         print(message, end=end, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_epoch: int = 0) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the
-    last epoch's metrics. A run that already reached `num_epochs` is not retrained."""
+    last epoch's metrics. A run that already reached `num_epochs` is not retrained.
+
+    `stop_after_epoch` (> 0) ends this invocation after that epoch's checkpoint
+    (preemptible jobs); the same command later resumes where it stopped.
+    """
     check_config(config)
     workdir = Path(workdir)
     _check_same_run(workdir, config)
@@ -290,11 +314,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mean, std = transforms.channel_stats(data.images[train_idx])
         norm = {"mean": mean, "std": std}
     mesh = parallel.data_mesh()
-    rng = jax.random.key(config.seed)
-    init_key, augment_key = jax.random.split(rng)
-    state = create_train_state(config, init_key, data.image_shape, len(data.class_names),
-                               steps_per_epoch)
-    state = jax.device_put(state, parallel.replicated(mesh))
+    state = parallel.replicated_init(
+        lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
+                                   len(data.class_names), steps_per_epoch), mesh)
     meta = {"epoch": 0, "best_val_accuracy": -1.0}
     if checkpoint.exists(workdir):
         state, meta = checkpoint.restore(workdir, state)
@@ -304,24 +326,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         files.write_json(workdir / "classes.json", data.class_names)
 
     history = _read_history(workdir, meta["epoch"])
-    train_fn = make_train_fn(config, norm, augment_key)
+    train_fn = make_train_fn(config, norm)
     eval_fn = make_eval_fn(config, norm)
     rows = parallel.process_rows(config.batch_size)
-    for epoch in range(meta["epoch"] + 1, config.num_epochs + 1):
+    pmap = config.parallelism == "pmap"
+    place = parallel.pmap_split if pmap else (lambda x: parallel.global_array(x, mesh))
+    last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
+    for epoch in range(meta["epoch"] + 1, last_epoch + 1):
         start = time.perf_counter()
         batches = transforms.epoch_batches(train_idx, config.batch_size, config.seed, epoch)
         pending, sums, seen = [], {"loss": 0.0, "accuracy": 0.0}, 0
+        step_state = parallel.pmap_replicate(state) if pmap else state
         for i, batch in enumerate(batches):
             idx = batch[rows]
-            state, metrics = train_fn(state, parallel.global_array(data.images[idx], mesh),
-                                      parallel.global_array(data.labels[idx], mesh))
+            step_state, metrics = train_fn(step_state, place(data.images[idx]),
+                                           place(data.labels[idx]))
             pending.append(metrics)  # fetched in groups: the host runs ahead of the device
             if len(pending) == _FETCH_EVERY or i == len(batches) - 1:
                 for m in jax.device_get(pending):
-                    sums = {k: sums[k] + float(m[k]) for k in sums}
+                    sums = {k: sums[k] + float(np.mean(m[k])) for k in sums}
                 seen, pending = seen + len(pending), []
                 if config.progress and sys.stdout.isatty():
                     _progress(epoch, config.num_epochs, seen, len(batches), sums, start)
+        if pmap:
+            step_state = jax.device_put(parallel.pmap_unreplicate(step_state),
+                                        parallel.replicated(mesh))
+        state = step_state
         seconds = time.perf_counter() - start
         record = {
             "epoch": epoch,
