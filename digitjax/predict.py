@@ -68,7 +68,7 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(workdir, data, probs, meta["class_names"], submission=True)
+    return write_predictions(workdir, data, probs, meta["class_names"], data.pixel_table)
 
 
 def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str,
@@ -82,4 +82,4 @@ def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_p
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"])
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(Path(out_dir), data, probs, meta["class_names"], submission=True)
+    return write_predictions(Path(out_dir), data, probs, meta["class_names"], data.pixel_table)

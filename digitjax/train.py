@@ -180,7 +180,7 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
     """
     to_float = preprocess(config, norm)
     aug = config.augment
-    augmenting = aug.rotation_deg > 0 or aug.zoom > 0 or aug.shift > 0
+    augmenting = aug.rotation_deg > 0 or aug.zoom > 0 or aug.shift > 0 or aug.flip_horizontal
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
 
     def step(state, images, labels):
@@ -191,7 +191,7 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
             if axis_name:  # draw for the global batch, as the jit path does
                 part = (jax.lax.axis_index(axis_name), jax.local_device_count())
             images = augment.random_affine(images, key, aug.rotation_deg, aug.zoom,
-                                           aug.shift, part)
+                                           aug.shift, part, aug.flip_horizontal)
         return train_step(state, {"image": images, "label": labels}, axis_name)
 
     if axis_name:

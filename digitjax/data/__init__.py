@@ -14,8 +14,10 @@ import ml_collections
 import numpy as np
 
 from digitjax import transforms
-from digitjax.data import embedded, pixels
+from digitjax.data import embedded, images, pixels
 from digitjax.errors import UserError
+
+DATA_FORMATS = ("pixels", "class_folders", "labels_csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Dataset:
     ids: np.ndarray  # (N,) the id of each row in outputs
     class_names: list[str]  # label id -> name
     source: str  # where it came from, for messages
+    pixel_table: bool = True  # a Kaggle pixel CSV: predictions also go to submission.csv
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -35,6 +38,11 @@ def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) 
     """The labelled training data of `config.data_dir` (or the embedded digits)."""
     if not config.data_dir:
         return embedded.digits(train=True)
+    if config.data_format not in DATA_FORMATS:
+        raise UserError(f"config.data_format: expected one of {DATA_FORMATS}, "
+                        f"got '{config.data_format}'")
+    if config.data_format != "pixels":
+        return _load_image_files(config, cache_dir)
     path = _data_file(config, config.train_file, "config.train_file")
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
     if table.labels is None:
@@ -49,16 +57,68 @@ def load_test(config: ml_collections.ConfigDict, shape, cache_dir) -> Dataset | 
     """The unlabelled test split to submit on, or None when the config names none."""
     if not config.data_dir:
         return embedded.digits(train=False)
-    if not config.test_file or not (Path(config.data_dir) / config.test_file).is_file():
+    if config.data_format == "pixels":
+        test = Path(config.data_dir) / config.test_file if config.test_file else None
+    else:
+        test = Path(config.data_dir) / config.test_dir if config.test_dir else None
+    if test is None or not test.exists():
         return None
-    return load_inputs(Path(config.data_dir) / config.test_file, config, shape, cache_dir)
+    return load_inputs(test, config, shape, cache_dir)
 
 
 def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) -> Dataset:
-    """Images to predict from `path`, checked against the trained input `shape`."""
+    """Images to predict at `path`: a folder of image files or a pixel CSV, made to
+    the trained input `shape`."""
     path = Path(path)
+    if path.is_dir():
+        found = images.list_unlabelled(path)
+        decoded, kept = images.decode_all(found, _decode_settings(config, shape), cache_dir)
+        return Dataset(images=decoded, labels=None,
+                       ids=np.array([p.stem for p, k in zip(found, kept, strict=True) if k]),
+                       class_names=[], source=str(path), pixel_table=False)
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
     return _from_table(table, config, shape=tuple(shape), labelled=False)
+
+
+def _decode_settings(config, shape=None) -> images.DecodeSettings:
+    if shape is not None:
+        size, channels = shape[0], shape[2]
+    else:
+        size, channels = config.image_size, config.channels or 3
+        if size <= 0:
+            raise UserError("config.image_size: expected the side (pixels) to decode image "
+                            f"files to, got {size}")
+        if channels not in (1, 3):
+            raise UserError(f"config.channels: expected 1 or 3, got {channels}")
+    if config.resize not in images.RESIZE_POLICIES:
+        raise UserError(f"config.resize: expected one of {images.RESIZE_POLICIES}, "
+                        f"got '{config.resize}'")
+    return images.DecodeSettings(size, channels, config.resize, config.skip_bad_files,
+                                 config.decode_workers)
+
+
+def _load_image_files(config, cache_dir) -> Dataset:
+    root = Path(config.data_dir)
+    settings = _decode_settings(config)
+    if config.data_format == "class_folders":
+        paths, labels, classes = images.list_class_folders(root, config.skip_bad_files)
+        source = f"{root} (class folders)"
+    else:
+        paths, labels, classes, skipped = images.list_labels_csv(
+            root / config.labels_file, root / config.image_dir, config.id_column or "id",
+            config.label_column, config.skip_bad_files)
+        if skipped:
+            print(f"skipped {skipped} unmatched rows/files (config.skip_bad_files)")
+        source = f"{root / config.labels_file} + {root / config.image_dir}"
+    decoded, kept = images.decode_all(paths, settings, cache_dir)
+    return Dataset(
+        images=decoded,
+        labels=np.asarray(labels, np.int32)[kept],
+        ids=np.array([p.stem for p, k in zip(paths, kept, strict=True) if k]),
+        class_names=classes,
+        source=source,
+        pixel_table=False,
+    )
 
 
 def _data_file(config, name: str, field: str) -> Path:
