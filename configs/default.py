@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_classes = 10  # Labels must lie in 0..num_classes-1.
     config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
+    config.split_seed = 0  # Seeds the validation split alone: ensemble members share it.
     # Model.
     config.model = "cnn"  # A name in digitjax.models.MODELS: "cnn" or "seed".
     config.cnn = ml_collections.ConfigDict()
@@ -37,24 +38,35 @@ def get_config() -> ml_collections.ConfigDict:
     config.cnn.dense = 256  # Width of the hidden dense layer.
     config.cnn.dropout = 0.25  # Dropout rate before the classifier.
     config.cnn.batch_norm = True  # Batch norm after every conv and the dense layer.
+    config.strided_cnn = ml_collections.ConfigDict()  # model "strided_cnn"
+    config.strided_cnn.features = (32, 64)  # Channels of each conv-conv-strided-conv stage.
+    config.strided_cnn.head_features = 128  # Channels of the last conv.
+    config.strided_cnn.dropout = 0.4  # Dropout after each stage and before the classifier.
+    config.resnet = ml_collections.ConfigDict()  # model "resnet"
+    config.resnet.features = (32, 64, 128)  # Channels of each stage (later stages halve H, W).
+    config.resnet.blocks_per_stage = 2  # Basic blocks per stage.
     # Optimisation.
     config.num_epochs = 15  # Passes over the training split.
     config.batch_size = 128  # Global batch (all devices); must divide by the device count.
     config.eval_batch_size = 1000  # Batch for validation and prediction.
     config.optimizer = "adam"  # "adam", or "adamw" (decoupled weight decay).
     config.learning_rate = 3e-3  # Peak learning rate.
-    config.schedule = "warmup_cosine"  # "constant", "warmup_cosine" or "exponential".
+    config.schedule = "warmup_cosine"  # "constant", "warmup_cosine", "onecycle", "exponential".
     config.warmup_epochs = 1.0  # Linear warmup length (warmup_cosine).
     config.decay_rate = 0.9  # Per-epoch factor (exponential).
     config.weight_decay = 0.0  # adamw's decoupled weight decay.
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
+    config.ema_decay = 0.0  # Evaluate an exponential moving average of the weights; 0 = off.
     # Augmentation, applied on device to training batches only.
     config.augment = ml_collections.ConfigDict()
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
     config.augment.zoom = 0.1  # Random scale in 1 +- zoom.
     config.augment.shift = 0.1  # Random shift in +- fraction of the image size.
     config.augment.flip_horizontal = False  # Random left-right flips (not for digits).
+    # Inference.
+    config.tta_shifts = ()  # Test-time augmentation: (dy, dx) pixel shifts averaged, e.g.
+    # ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)); () predicts the images as they are.
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.parallelism = "jit"  # "jit": sharded over a device mesh; "pmap": the legacy path.

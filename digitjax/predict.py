@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from digitjax import checkpoint, files, parallel, transforms
-from digitjax.data import Dataset, load_inputs, load_test
+from digitjax import augment, checkpoint, files, parallel, transforms
+from digitjax.data import Dataset, load_inputs, load_test, load_train
 from digitjax.errors import UserError
 from digitjax.train import TrainState, apply_model, create_train_state, preprocess
 
@@ -29,11 +29,21 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
     return checkpoint.restore(workdir, template, kind)
 
 
-def predict_probs(state: TrainState, images: np.ndarray, config, norm) -> np.ndarray:
-    """(N, classes) float32 softmax probabilities of uint8 NHWC `images`."""
+def predict_probs(state: TrainState, images: np.ndarray, config, norm,
+                  tta_shifts=None) -> np.ndarray:
+    """(N, classes) float32 softmax probabilities of uint8 NHWC `images`, averaged
+    over the test-time shifts (`config.tta_shifts` unless given)."""
     mesh = parallel.data_mesh()
     to_float = preprocess(config, norm)
-    probs_fn = jax.jit(lambda s, x: jax.nn.softmax(apply_model(s, to_float(x))))
+    shifts = [tuple(s) for s in (config.tta_shifts if tta_shifts is None else tta_shifts)]
+
+    def probs(s, x):
+        x = to_float(x)
+        views = [x if (dy, dx) == (0, 0) else augment.shift(x, dy, dx)
+                 for dy, dx in shifts or [(0, 0)]]
+        return sum(jax.nn.softmax(apply_model(s, v)) for v in views) / len(views)
+
+    probs_fn = jax.jit(probs)
     batches, masks = transforms.padded_batches(len(images), config.eval_batch_size)
     rows = parallel.process_rows(config.eval_batch_size)
     out = [parallel.to_host(probs_fn(state, parallel.global_array(images[b[rows]], mesh)))
@@ -69,6 +79,30 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
     return write_predictions(workdir, data, probs, meta["class_names"], data.pixel_table)
+
+
+def validation_report(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """The best checkpoint on the validation split, with and without test-time
+    augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json."""
+    workdir = Path(workdir)
+    state, meta = restore_best(config, workdir)
+    data = load_train(config, workdir / "cache")
+    _, val_idx = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
+    if not len(val_idx):
+        return {}
+    images, labels = data.images[val_idx], data.labels[val_idx]
+    plain = predict_probs(state, images, config, meta["normalization"], tta_shifts=())
+    summary = {"best_epoch": meta["epoch"],
+               "val_accuracy": float(np.mean(plain.argmax(1) == labels))}
+    probs = plain
+    if config.tta_shifts:
+        probs = predict_probs(state, images, config, meta["normalization"])
+        summary["val_accuracy_tta"] = float(np.mean(probs.argmax(1) == labels))
+    if parallel.is_writer():
+        files.write_npy(workdir / "val_probs.npy", probs)
+        files.write_npy(workdir / "val_labels.npy", labels)
+        files.write_json(workdir / "summary.json", summary)
+    return summary
 
 
 def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str,

@@ -37,7 +37,9 @@ _FETCH_EVERY = 20  # steps between metric fetches (and progress updates)
 class TrainState(train_state.TrainState):
     batch_stats: Any = None  # Batch-norm running statistics; None for models without.
     dropout_key: jax.Array | None = None  # Folded with the step: a new key every step.
+    ema_params: Any = None  # Moving average of the weights, evaluated instead; None = off.
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -47,10 +49,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     if config.schedule == "warmup_cosine":
         warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=lr * 1e-3)
+    if config.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(total, lr)
     if config.schedule == "exponential":
         return optax.exponential_decay(lr, steps_per_epoch, config.decay_rate)
     raise UserError(
-        "config.schedule: expected 'constant', 'warmup_cosine' or 'exponential', "
+        "config.schedule: expected 'constant', 'warmup_cosine', 'onecycle' or 'exponential', "
         f"got '{config.schedule}'"
     )
 
@@ -89,7 +93,9 @@ def create_train_state(
         tx=create_optimizer(config, steps_per_epoch),
         batch_stats=variables.get("batch_stats"),
         dropout_key=dropout_key,
+        ema_params=variables["params"] if config.ema_decay > 0 else None,
         label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
     )
 
 
@@ -99,6 +105,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def eval_params(state: TrainState):
+    """The weights to evaluate and predict with: the moving average when kept."""
+    return state.ema_params if state.ema_params is not None else state.params
 
 
 def _variables(state: TrainState, params) -> dict:
@@ -136,13 +147,17 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None):
     state = state.apply_gradients(grads=grads)
     if has_stats:
         state = state.replace(batch_stats=batch_stats)
+    if state.ema_params is not None:
+        d = state.ema_decay
+        state = state.replace(ema_params=jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                                      state.ema_params, state.params))
     return state, metrics
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict:
     """{'loss', 'accuracy', 'count'} over the examples of `batch` whose optional
     'mask' is true (padding is left out of the means)."""
-    logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
+    logits = state.apply_fn(_variables(state, eval_params(state)), batch["image"], train=False)
     mask = batch.get("mask", jnp.ones(logits.shape[0], bool)).astype(jnp.float32)
     sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -252,7 +267,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     n = jax.device_count()
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
-    if config.schedule not in ("constant", "warmup_cosine", "exponential"):
+    need(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+    if config.schedule not in ("constant", "warmup_cosine", "onecycle", "exponential"):
         learning_rate_schedule(config, 1)
     if config.optimizer not in ("adam", "adamw"):
         create_optimizer(config, 1)
@@ -296,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir = Path(workdir)
     _check_same_run(workdir, config)
     data = load_train(config, workdir / "cache")
-    train_idx, val_idx = transforms.stratified_split(data.labels, config.val_fraction, config.seed)
+    train_idx, val_idx = transforms.stratified_split(data.labels, config.val_fraction,
+                                                     config.split_seed)
     steps_per_epoch = len(train_idx) // config.batch_size
     if steps_per_epoch == 0:
         raise UserError(
@@ -425,5 +442,5 @@ def _clock(seconds: float) -> str:
 
 def apply_model(state: TrainState, images: jax.Array) -> jax.Array:
     """Eval-mode logits (used by prediction)."""
-    return state.apply_fn(_variables(state, state.params), images, train=False)
+    return state.apply_fn(_variables(state, eval_params(state)), images, train=False)
 

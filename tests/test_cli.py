@@ -117,7 +117,8 @@ def test_bad_training_data_fails_cleanly_and_damages_nothing(
         ("--config.num_epochs=abc", ["--config.num_epochs=abc", "invalid literal for int()"]),
         ("--config.batch_size=0", ["config.batch_size: expected an integer >= 1, got 0"]),
         ("--config.val_fraction=1.5", ["config.val_fraction: expected a number in [0, 1)"]),
-        ("--config.model=vgg", ["config.model: expected one of ['cnn', 'seed'], got 'vgg'"]),
+        ("--config.model=vgg", ["config.model: expected one of ['cnn', 'resnet', 'seed', "
+                                "'strided_cnn'], got 'vgg'"]),
         ("--config.schedule=zigzag", ["config.schedule: expected 'constant'", "'zigzag'"]),
         ("--config.no_such_field=1", ["no config field 'no_such_field'"]),
         ("--config.learning_rate=0.01", ["this workdir holds a run with a different config",

@@ -38,5 +38,19 @@ def test_default_cnn_parameter_count():
 def test_unknown_model_is_named():
     config = default.get_config()
     config.model = "vgg"
-    with pytest.raises(UserError, match=r"config.model: expected one of \['cnn', 'seed'\]"):
+    names = r"\['cnn', 'resnet', 'seed', 'strided_cnn'\]"
+    with pytest.raises(UserError, match=r"config.model: expected one of " + names):
         create_model(config, 10)
+
+
+@pytest.mark.parametrize("name, shape", [("strided_cnn", (28, 28, 1)), ("resnet", (28, 28, 1)),
+                                         ("resnet", (64, 64, 3)), ("strided_cnn", (32, 32, 3))])
+def test_stronger_models_run_on_digits_and_photos(name, shape):
+    config = default.get_config()
+    config.model = name
+    model = create_model(config, 5)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    assert "batch_stats" in variables
+    logits, updates = model.apply(variables, jnp.ones((2, *shape)), train=True,
+                                  rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+    assert logits.shape == (2, 5) and "batch_stats" in updates

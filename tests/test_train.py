@@ -139,3 +139,23 @@ def test_finished_run_is_not_retrained(digits_dir, tmp_path):
     again = train.train_and_evaluate(config, tmp_path)
     assert again == first and again["epoch"] == 1
     assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_ema_follows_the_weights(batch):
+    config = default.get_config()
+    config.ema_decay = 0.9
+    state = state_for(config)
+    new, _ = jax.jit(train.train_step)(state, batch)
+    for e, p0, p1 in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(state.params),
+                         jax.tree.leaves(new.params), strict=True):
+        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
+    assert train.eval_params(new) is new.ema_params
+
+
+def test_onecycle_schedule_peaks_mid_run():
+    config = default.get_config()
+    config.schedule, config.num_epochs = "onecycle", 10
+    lr = train.learning_rate_schedule(config, steps_per_epoch=10)
+    values = [float(lr(s)) for s in range(100)]
+    assert max(values) == pytest.approx(config.learning_rate, rel=1e-3)
+    assert values[0] < values[30] > values[99]

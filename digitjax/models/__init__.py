@@ -6,9 +6,9 @@ import flax.linen as nn
 import ml_collections
 
 from digitjax.errors import UserError
-from digitjax.models.cnn import CNN, SeedCNN
+from digitjax.models.cnn import CNN, ResNet, SeedCNN, StridedCNN
 
-MODELS = {"seed": SeedCNN, "cnn": CNN}
+MODELS = {"seed": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet}
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -17,6 +17,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
         raise UserError(f"config.model: expected one of {sorted(MODELS)}, got '{config.model}'")
     if config.model == "seed":
         return SeedCNN(num_classes=num_classes)
+    if config.model == "strided_cnn":
+        return StridedCNN(num_classes=num_classes, features=tuple(config.strided_cnn.features),
+                          head_features=config.strided_cnn.head_features,
+                          dropout=config.strided_cnn.dropout)
+    if config.model == "resnet":
+        return ResNet(num_classes=num_classes, features=tuple(config.resnet.features),
+                      blocks_per_stage=config.resnet.blocks_per_stage)
     return CNN(
         num_classes=num_classes,
         features=tuple(config.cnn.features),

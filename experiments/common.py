@@ -1,0 +1,53 @@
+"""Helpers for the experiment scripts: run the command line, read a workdir, write
+a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def run_main(*args: str) -> float:
+    """Runs `python -m digitjax.main ARGS`, streaming its output; returns wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "digitjax.main", *args], cwd=REPO)
+    if proc.returncode:
+        sys.exit(f"failed: digitjax.main {' '.join(args)}")
+    return time.perf_counter() - start
+
+
+def metrics(workdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(workdir: Path) -> dict:
+    """Best and last validation accuracy of a finished run."""
+    records = metrics(workdir)
+    return {"best_val": max(r.get("val_accuracy", 0.0) for r in records),
+            "last_val": records[-1].get("val_accuracy", float("nan")),
+            "epochs": records[-1]["epoch"],
+            "train_seconds": sum(r["seconds"] for r in records)}
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and row[c] < 1.5
+                 else f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c])
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, title: str, table: str, command: str) -> Path:
+    out = REPO / "experiments" / "results" / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {title}\n\nReproduce: `{command}`\n\n{table}")
+    print(table)
+    return out
