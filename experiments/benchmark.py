@@ -1,0 +1,292 @@
+"""Speed and memory of digitjax against PyTorch and Keras 3 on the same architectures.
+
+    pip install -e '.[bench]'        # torch and keras: optional peers
+    python experiments/benchmark.py [--rounds 3] [--models cnn,seed] [--skip-data]
+
+For each model: training and inference throughput (images/s, median over timed
+repeats after warm-up), the first step's compile time and the process's peak
+memory, for digitjax and, when installed, the same network in PyTorch (CPU, as
+many threads as cores) and Keras 3 (JAX backend). Every measurement runs in its
+own subprocess, frameworks interleaved round by round, so the peers see the same
+machine. Then the data path: pixel CSV ingest cold and cached, image-folder decode
+cold and cached, and one epoch of the full `main` run.
+
+Prints a table with the ratios digitjax/peer and the fraction of this machine's
+measured matmul peak, and writes experiments/results/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+FRAMEWORKS = ("digitjax", "torch", "keras")
+BATCH = 128
+WARMUP_STEPS, TIMED_STEPS, REPEATS = 5, 20, 5
+
+
+# --- Workers: one framework, one model, in a fresh process -------------------------
+
+
+def digits(n: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n).astype(np.int32)
+
+
+def timed(step, n_images: int) -> tuple[float, float]:
+    """(first call seconds, median images/s over REPEATS timed runs)."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        step()
+    rates = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for _ in range(TIMED_STEPS):
+            step()
+        rates.append(TIMED_STEPS * n_images / (time.perf_counter() - start))
+    return first, statistics.median(rates)
+
+
+def worker_digitjax(model: str) -> dict:
+    import jax
+
+    from configs import default, seed
+    from digitjax import train
+
+    config = seed.get_config() if model == "seed" else default.get_config()
+    config.batch_size = BATCH
+    config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+    state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
+    train_fn = train.make_train_fn(config, None)
+    x, y = digits()
+    xd, yd = jax.device_put(x), jax.device_put(y)
+    flops = train_fn.lower(state, xd, yd).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    holder = {"state": state}
+
+    def step():
+        holder["state"], m = train_fn(holder["state"], xd, yd)
+        jax.block_until_ready(m)
+
+    compile_s, train_rate = timed(step, BATCH)
+    predict = jax.jit(lambda s, im: train.apply_model(s, im.astype("float32") / 255.0))
+    _, infer_rate = timed(lambda: jax.block_until_ready(predict(holder["state"], xd)), BATCH)
+    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate,
+            "train_flops_per_image": flops / BATCH}
+
+
+def worker_torch(model: str) -> dict:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    if model == "seed":
+        net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(26 * 26 * 32, 10))
+    else:  # digitjax's default CNN, layer for layer
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.AvgPool2d(2), nn.Flatten(),
+            nn.Linear(7 * 7 * 64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(),
+            nn.Dropout(0.25), nn.Linear(256, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = digits()
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, PyTorch's layout
+    yt = torch.from_numpy(y).long()
+
+    def step():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xt.float() / 255.0), yt)
+        loss.backward()
+        opt.step()
+
+    compile_s, train_rate = timed(step, BATCH)
+
+    def infer():
+        net.eval()
+        with torch.inference_mode():
+            net(xt.float() / 255.0)
+
+    _, infer_rate = timed(infer, BATCH)
+    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
+
+
+def worker_keras(model: str) -> dict:
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    if model == "seed":
+        net = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(32, 3, activation="relu"),
+                                layers.Flatten(), layers.Dense(10)])
+    else:
+        net = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, padding="same", use_bias=False), layers.BatchNormalization(),
+            layers.ReLU(), layers.AveragePooling2D(2),
+            layers.Conv2D(64, 3, padding="same", use_bias=False), layers.BatchNormalization(),
+            layers.ReLU(), layers.AveragePooling2D(2), layers.Flatten(),
+            layers.Dense(256, use_bias=False), layers.BatchNormalization(), layers.ReLU(),
+            layers.Dropout(0.25), layers.Dense(10)])
+    net.compile(keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = digits()
+    xf = x.astype("float32") / 255.0
+    compile_s, train_rate = timed(lambda: net.train_on_batch(xf, y), BATCH)
+    _, infer_rate = timed(lambda: net.predict_on_batch(xf), BATCH)
+    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
+
+
+def run_worker(framework: str, model: str) -> None:
+    result = {"digitjax": worker_digitjax, "torch": worker_torch,
+              "keras": worker_keras}[framework](model)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+# --- The harness ----------------------------------------------------------------------
+
+
+def available(framework: str) -> bool:
+    if framework == "digitjax":
+        return True
+    try:
+        __import__(framework)
+        return True
+    except ImportError:
+        return False
+
+
+def measure(framework: str, model: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, __file__, "--worker", framework, model],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"{framework}/{model} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT "):])
+
+
+def matmul_gflops() -> float:
+    """This machine's float32 matmul peak as XLA reaches it (2048^3, median of 5)."""
+    code = ("import jax, jax.numpy as jnp, time, statistics\n"
+            "a = jnp.ones((2048, 2048)); f = jax.jit(lambda a: a @ a); f(a).block_until_ready()\n"
+            "r = []\n"
+            "for _ in range(5):\n"
+            "    t = time.perf_counter(); f(a).block_until_ready()\n"
+            "    r.append(2 * 2048**3 / (time.perf_counter() - t) / 1e9)\n"
+            "print(statistics.median(r))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def data_path() -> list[tuple[str, float]]:
+    """Seconds for the data path, each in a fresh process (cold = no digitjax cache)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_code = ("import time, sys\nfrom digitjax.data.pixels import read_pixel_csv\n"
+                    "t = time.perf_counter()\n"
+                    f"read_pixel_csv({str(DATA / 'digit-recognizer' / 'train.csv')!r}, "
+                    f"cache_dir={tmp!r})\nprint(time.perf_counter() - t)\n")
+        for label in ("train.csv -> uint8, cold", "train.csv -> uint8, cached"):
+            rows.append((label, _seconds(csv_code)))
+        subprocess.run([sys.executable, str(DATA / "make_mnist_png.py"), "--split", "train"],
+                       check=True, capture_output=True)
+        png_code = ("import time\nfrom pathlib import Path\n"
+                    "from digitjax.data import images as I\n"
+                    "t = time.perf_counter()\n"
+                    f"p, _, _ = I.list_class_folders(Path({str(DATA / 'mnist-png' / 'train')!r}))\n"
+                    "I.decode_all(p, I.DecodeSettings(28, 1, 'resize', False, 2), "
+                    f"Path({tmp!r}))\nprint(time.perf_counter() - t)\n")
+        for label in ("42,000 PNGs -> uint8, cold", "42,000 PNGs -> uint8, cached"):
+            rows.append((label, _seconds(png_code)))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "digitjax.main", "--config", "configs/default.py",
+                        f"--workdir={tmp}/run", f"--config.data_dir={DATA / 'digit-recognizer'}",
+                        "--config.num_epochs=1"], cwd=REPO, check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+        wall = time.perf_counter() - start
+        epoch = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text())["seconds"]
+        rows.append(("main, default config: 1 epoch of 37,800 images (train loop)", epoch))
+        rows.append(("main, default config: whole 1-epoch run incl. start-up, eval, "
+                     "28,000 test predictions", wall))
+    return rows
+
+
+def _seconds(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
+    ap.add_argument("--models", default="cnn,seed")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip-data", action="store_true")
+    a = ap.parse_args()
+    if a.worker:
+        return run_worker(*a.worker)
+    frameworks = [f for f in FRAMEWORKS if available(f)]
+    peak = matmul_gflops()
+    results = {(f, m): [] for f in frameworks for m in a.models.split(",")}
+    for _ in range(a.rounds):  # interleaved: each framework sees the same machine state
+        for model in a.models.split(","):
+            for f in frameworks:
+                results[(f, model)].append(measure(f, model))
+    lines = [f"Machine: {os.cpu_count()} cores; float32 matmul peak (XLA) {peak:.0f} GFLOP/s; "
+             f"batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
+             f"{TIMED_STEPS} steps.", "",
+             "| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
+             "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model in a.models.split(","):
+        med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
+                   for k in results[(f, model)][0]} for f in frameworks}
+        ours = med["digitjax"]
+        for f in frameworks:
+            m = med[f]
+            ratio_t = "-" if f == "digitjax" else f"{ours['train_ips'] / m['train_ips']:.2f}"
+            ratio_i = "-" if f == "digitjax" else f"{ours['infer_ips'] / m['infer_ips']:.2f}"
+            frac = ""
+            if "train_flops_per_image" in ours:  # same network: same FLOPs per image
+                frac = f"{100 * ours['train_flops_per_image'] * m['train_ips'] / 1e9 / peak:.0f}%"
+            lines.append(f"| {model} | {f} | {m['train_ips']:.0f} | {m['infer_ips']:.0f} | "
+                         f"{m['compile_s']:.2f} | {m['peak_rss_mb']:.0f} | {ratio_t} | "
+                         f"{ratio_i} | {frac} |")
+        lines.append(f"| {model} | (XLA cost analysis) | "
+                     f"{ours['train_flops_per_image'] / 1e6:.1f} MFLOP per image per "
+                     "training step | | | | | | |")
+    if not a.skip_data:
+        lines += ["", "| data path | seconds |", "| --- | --- |"]
+        lines += [f"| {label} | {s:.2f} |" for label, s in data_path()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = REPO / "experiments" / "results" / "benchmark.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Benchmark\n\nReproduce: `python experiments/benchmark.py`\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
