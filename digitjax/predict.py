@@ -17,6 +17,28 @@ from digitjax.errors import UserError
 from digitjax.train import TrainState, apply_model, create_train_state, preprocess
 
 
+def saved_config(workdir: Path, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (the architecture its checkpoint needs),
+    over `defaults` for fields added since."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return defaults
+
+    def merge(base: dict, saved: dict) -> dict:
+        for k, v in saved.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                merge(base[k], v)
+            else:  # JSON has no tuples; the config's tuple fields want them back
+                base[k] = _tuples(v) if isinstance(v, list) else v
+        return base
+
+    return ml_collections.ConfigDict(merge(defaults.to_dict(), json.loads(path.read_text())))
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
 def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
     """(state, meta) of the best checkpoint in `workdir` (the latest if none is marked best)."""
     kind = checkpoint.BEST if checkpoint.exists(workdir, checkpoint.BEST) else checkpoint.LATEST
@@ -110,9 +132,7 @@ def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_p
     """`--mode=predict`: predicts the images at `input_path` with the workdir's best
     checkpoint; nothing is retrained."""
     workdir = Path(workdir)
-    saved = workdir / "config.json"
-    if saved.is_file():  # the architecture the checkpoint was trained with
-        config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    config = saved_config(workdir, config)
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"])
     probs = predict_probs(state, data.images, config, meta["normalization"])

@@ -1,6 +1,7 @@
 """The command line as a user meets it: outputs, predict mode, and bad input."""
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -146,3 +147,24 @@ def test_embedded_default_runs_offline(tmp_path):
     assert "--config.data_dir=path/to/digit-recognizer" in proc.stdout
     sub = pd.read_csv(tmp_path / "submission.csv")
     assert len(sub) == 1000
+
+
+def test_validation_report_with_tta(trained_workdir, digits_dir):
+    from configs import default
+    from digitjax import predict, transforms
+
+    config = predict.saved_config(trained_workdir, default.get_config())
+    assert config.model == "seed" and config.tta_shifts == ()
+    report = predict.validation_report(config, trained_workdir)
+    assert set(report) == {"best_epoch", "val_accuracy"}
+    record = json.loads((trained_workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["val_accuracy"] == pytest.approx(record["val_accuracy"], abs=1e-6)
+    config.tta_shifts = ((0, 0), (1, 0), (0, -1))
+    with_tta = predict.validation_report(config, trained_workdir)
+    assert 0.0 < with_tta["val_accuracy_tta"] <= 1.0
+    probs = np.load(trained_workdir / "val_probs.npy")
+    labels = np.load(trained_workdir / "val_labels.npy")
+    train_labels = pd.read_csv(digits_dir / "train.csv", usecols=["label"])["label"].to_numpy()
+    _, val_idx = transforms.stratified_split(train_labels, 0.2, config.split_seed)
+    assert probs.shape == (len(val_idx), 10) and np.array_equal(labels, train_labels[val_idx])
+    assert np.mean(probs.argmax(1) == labels) == with_tta["val_accuracy_tta"]
