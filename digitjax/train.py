@@ -93,7 +93,9 @@ def create_train_state(
         tx=create_optimizer(config, steps_per_epoch),
         batch_stats=variables.get("batch_stats"),
         dropout_key=dropout_key,
-        ema_params=variables["params"] if config.ema_decay > 0 else None,
+        # A copy, not the same buffers: the step donates the state, and one buffer
+        # cannot be donated twice.
+        ema_params=jax.tree.map(jnp.copy, variables["params"]) if config.ema_decay > 0 else None,
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
     )
@@ -275,8 +277,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 # Fields a resumed run may change: they do not alter what has been trained so far.
-RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "eval_batch_size",
-                     "parallelism")
+RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
+                     "eval_batch_size", "parallelism", "tta_shifts", "decode_workers")
 
 
 def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:

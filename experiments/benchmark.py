@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -170,10 +169,19 @@ def worker_keras(model: str) -> dict:
     return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: on Linux it
+    survives execve, so a worker would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_worker(framework: str, model: str) -> None:
     result = {"digitjax": worker_digitjax, "torch": worker_torch,
               "keras": worker_keras}[framework](model)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
 

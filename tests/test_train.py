@@ -159,3 +159,20 @@ def test_onecycle_schedule_peaks_mid_run():
     values = [float(lr(s)) for s in range(100)]
     assert max(values) == pytest.approx(config.learning_rate, rel=1e-3)
     assert values[0] < values[30] > values[99]
+
+
+def test_ema_state_survives_donated_steps(digits_dir):
+    """The run's own path: a replicated state, then the donating jitted step, twice."""
+    from digitjax import parallel
+
+    config = small_run_config(digits_dir, 1)
+    config.ema_decay = 0.99
+    mesh = parallel.data_mesh()
+    state = parallel.replicated_init(
+        lambda: train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 5), mesh)
+    step = train.make_train_fn(config, None)
+    images = np.zeros((64, 28, 28, 1), np.uint8)
+    labels = np.zeros(64, np.int32)
+    for _ in range(2):
+        state, metrics = step(state, images, labels)
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
