@@ -266,14 +266,18 @@ def main() -> None:
     ap.add_argument("--models", default="flax_example,cnn,seed")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
+    ap.add_argument("--skip-models", action="store_true")
     a = ap.parse_args()
     if a.worker:
         return run_worker(*a.worker)
+    if a.skip_models:
+        a.models = ""
+    models = [m for m in a.models.split(",") if m]
     frameworks = [f for f in FRAMEWORKS if available(f)]
     peak = matmul_gflops()
-    results = {(f, m): [] for f in frameworks for m in a.models.split(",")}
+    results = {(f, m): [] for f in frameworks for m in models}
     for _ in range(a.rounds):  # interleaved: each framework sees the same machine state
-        for model in a.models.split(","):
+        for model in models:
             for f in frameworks:
                 results[(f, model)].append(measure(f, model))
     lines = [f"Machine: {os.cpu_count()} cores; float32 matmul peak (XLA) {peak:.0f} GFLOP/s; "
@@ -282,7 +286,7 @@ def main() -> None:
              "| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
              "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for model in a.models.split(","):
+    for model in models:
         med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
                    for k in results[(f, model)][0]} for f in frameworks}
         ours = med["digitjax"]

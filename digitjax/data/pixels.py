@@ -126,28 +126,32 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
     if not pixel_idx:
         raise UserError(f"{path}: no pixel columns (header: {header[:80]})")
 
-    values = _parse_in_chunks(body, len(columns))
-    if values is None:
+    special_idx = [columns.index(c) for c in special]
+    parsed = _parse_in_chunks(body, len(columns), pixel_idx, special_idx)
+    if parsed is None:
         return _parse_slow(path, data, columns, pixel_idx, label_column, id_column)
-    pixels = values[:, pixel_idx]
-    if pixels.max(initial=0) > 255:
-        row, col = np.argwhere(pixels > 255)[0]
-        raise UserError(
-            f"{path}, line {row + 2}, column '{columns[pixel_idx[col]]}': "
-            f"expected a pixel value 0-255, got '{pixels[row, col]}'"
-        )
-    get = {c: values[:, columns.index(c)].astype(np.int64) for c in special}
+    pixels, specials, too_big = parsed
+    if too_big is not None:
+        row, col, value = too_big
+        raise UserError(f"{path}, line {row + 2}, column '{columns[pixel_idx[col]]}': "
+                        f"expected a pixel value 0-255, got '{value}'")
+    get = {c: specials[:, i] for i, c in enumerate(special)}
     return PixelTable(
-        pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+        pixels=pixels,
         labels=get.get(label_column),
         ids=get.get(id_column) if id_column else None,
         path=str(path),
     )
 
 
-def _parse_in_chunks(body: np.ndarray, ncols: int) -> np.ndarray | None:
-    """Parses row-aligned chunks of a few MB on two threads (numpy releases the GIL):
-    small chunks keep the temporaries in cache, which is most of the speed."""
+def _parse_in_chunks(body: np.ndarray, ncols: int, pixel_idx: list[int], special_idx: list[int]):
+    """(uint8 pixels, int64 label/id columns, first pixel > 255 as (row, col, value)
+    or None), or None when the fast parser cannot read the body.
+
+    Row-aligned chunks of a few MB, parsed on two threads (numpy releases the GIL),
+    each reduced to uint8 before joining: small temporaries stay in cache, and no
+    full-size int table is ever built.
+    """
     bounds, start = [], 0
     while start < body.size:
         end = min(start + _CHUNK_BYTES, body.size)
@@ -155,15 +159,33 @@ def _parse_in_chunks(body: np.ndarray, ncols: int) -> np.ndarray | None:
         end = body.size if end == body.size or not newline.size else end + int(newline[0])
         bounds.append((start, end))
         start = end
+    contiguous = pixel_idx == list(range(pixel_idx[0], pixel_idx[-1] + 1))
+    pixel_cols = slice(pixel_idx[0], pixel_idx[-1] + 1) if contiguous else pixel_idx
+
+    def parse(bound):
+        values = _parse_uint_table(body[bound[0] : bound[1]], ncols)
+        if values is None:
+            return None
+        pix = values[:, pixel_cols]
+        big = np.argwhere(pix > 255)
+        first_big = (int(big[0][0]), int(big[0][1]), int(pix[tuple(big[0])])) if big.size else None
+        return pix.astype(np.uint8), values[:, special_idx].astype(np.int64), first_big, len(values)
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(lambda b: _parse_uint_table(body[b[0] : b[1]], ncols), bounds))
+        parts = list(pool.map(parse, bounds))
     if any(p is None for p in parts):
         return None
-    return np.concatenate(parts)
+    too_big, offset = None, 0
+    for _, _, big, n in parts:
+        if big is not None and too_big is None:
+            too_big = (big[0] + offset, big[1], big[2])
+        offset += n
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            too_big)
 
 
 def _parse_uint_table(body: np.ndarray, ncols: int) -> np.ndarray | None:
-    """Rows of `ncols` non-negative integers (at most 9 digits) -> int64 (rows, ncols).
+    """Rows of `ncols` non-negative integers (at most 9 digits) -> int32 (rows, ncols).
 
     Returns None for anything else: the slow path then finds and names the problem.
     """
@@ -184,9 +206,9 @@ def _parse_uint_table(body: np.ndarray, ncols: int) -> np.ndarray | None:
     is_newline = kind[seps] == _NEWLINE_KIND
     if not is_newline[ncols - 1 :: ncols].all() or is_newline.sum() != seps.size // ncols:
         return None
-    values = body[seps - 1].astype(np.int64) - _ZERO
+    values = body[seps - 1].astype(np.int32) - _ZERO
     for k in range(2, int(lengths.max()) + 1):  # one pass per digit position
-        digit = body[seps - k].astype(np.int64) - _ZERO
+        digit = body[seps - k].astype(np.int32) - _ZERO
         values += np.where(lengths >= k, digit, 0) * 10 ** (k - 1)
     return values.reshape(-1, ncols)
 
