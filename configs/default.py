@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0  # adamw's decoupled weight decay.
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
-    config.ema_decay = 0.0  # Evaluate an exponential moving average of the weights; 0 = off.
+    config.ema_decay = 0.0  # Evaluate a weight average (starts at init: early epochs lag); 0 = off.
     # Augmentation, applied on device to training batches only.
     config.augment = ml_collections.ConfigDict()
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.

@@ -21,7 +21,7 @@ from pathlib import Path
 from common import DATA, REPO, markdown_table, run_main, summary, write_results
 
 DIGITS = DATA / "digit-recognizer"
-COLUMNS = ["run", "config", "seed", "epochs", "best_val", "val_tta", "wall_seconds"]
+COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
 
 
 def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
@@ -30,7 +30,7 @@ def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
     s = summary(workdir)
     report = json.loads((workdir / "summary.json").read_text())
     return {"config": config + "".join(" " + o for o in overrides), "seed": seed,
-            "epochs": s["epochs"], "best_val": report["val_accuracy"],
+            "epochs": s["epochs"], "best_val": report["val_accuracy"], "last_val": s["last_val"],
             "val_tta": report.get("val_accuracy_tta", "-"), "wall_seconds": wall}
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         report = json.loads((runs / "ensemble" / "summary.json").read_text())
         rows.append({"run": "ensemble (mean probabilities)", "config": "configs/best.py",
                      "seed": f"0-{a.members - 1}", "epochs": rows[0]["epochs"],
-                     "best_val": report["val_accuracy"], "val_tta": "-",
+                     "best_val": report["val_accuracy"], "last_val": "-", "val_tta": "-",
                      "wall_seconds": sum(r["wall_seconds"] for r in rows)})
     else:
         variants = {

@@ -13,16 +13,19 @@ import jax.numpy as jnp
 class SeedCNN(nn.Module):
     """The beginner's recipe: Conv(32, 3x3, VALID, relu) -> Flatten -> Dense.
 
-    216,650 parameters on 28x28x1 with 10 classes, as Keras counts them.
+    216,650 parameters on 28x28x1 with 10 classes, as Keras counts them, and
+    Keras's initialisation (Glorot-uniform kernels, zero biases), so the recipe is
+    reproduced rather than approximated.
     """
 
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x))
+        glorot = nn.initializers.glorot_uniform()
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", kernel_init=glorot)(x))
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, kernel_init=glorot)(x)
 
 
 class CNN(nn.Module):
