@@ -1,5 +1,5 @@
 """The best single model: the strided-conv digit CNN with batch norm and dropout,
-stronger augmentation, a moving average of the weights, and test-time shifts."""
+on-device augmentation, warmup + cosine, and test-time shifts."""
 
 import ml_collections
 
@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 24  # ~113 s per epoch on a 2-core CPU: fits the hour with evaluation.
     config.learning_rate = 3e-3  # Peak of the warmup + cosine schedule.
     config.warmup_epochs = 1.0  # Linear warmup.
-    config.ema_decay = 0.999  # Evaluate the moving average of the weights.
+    # No weight average: with batch norm at this learning rate, a 0.999 average
+    # drifted from the batch statistics and scored 9.6% for the first 3 epochs.
     config.tta_shifts = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # Five one-pixel views.
     return config

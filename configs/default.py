@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0  # adamw's decoupled weight decay.
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
-    config.ema_decay = 0.0  # Evaluate a weight average (starts at init: early epochs lag); 0 = off.
+    config.ema_decay = 0.0  # Evaluate a moving average of the weights (warmed up); 0 = off.
     # Augmentation, applied on device to training batches only.
     config.augment = ml_collections.ConfigDict()
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
@@ -70,5 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.parallelism = "jit"  # "jit": sharded over a device mesh; "pmap": the legacy path.
+    config.shard_params = False  # Split parameters and optimiser state over devices (jit only).
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
     return config

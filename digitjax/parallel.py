@@ -47,10 +47,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def replicated_init(fn, mesh: Mesh):
-    """Runs `fn()` (no array arguments) under jit with every output replicated over
-    the mesh: how a state is made on every device of every process alike."""
-    return jax.jit(fn, out_shardings=replicated(mesh))()
+def state_shardings(tree, mesh: Mesh, shard_params: bool = False):
+    """Where each array of a train state lives: everywhere (replicated), or with
+    `shard_params` split over the data axis along its largest dimension that divides
+    by the device count (FSDP-style: XLA gathers what each step needs)."""
+    n = mesh.size
+
+    def one(x):
+        dims = [i for i in sorted(range(x.ndim), key=lambda i: -x.shape[i])
+                if x.shape[i] % n == 0 and x.shape[i] >= n]
+        if not shard_params or n == 1 or not dims:
+            return replicated(mesh)
+        spec = [None] * x.ndim
+        spec[dims[0]] = DATA_AXIS
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(one, tree)
+
+
+def init_state(fn, mesh: Mesh, shard_params: bool = False):
+    """Runs `fn()` (no array arguments) under jit, placing its outputs by
+    `state_shardings`: how a state is made on every device of every process alike."""
+    return jax.jit(fn, out_shardings=state_shardings(jax.eval_shape(fn), mesh, shard_params))()
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:

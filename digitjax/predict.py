@@ -45,9 +45,10 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
     meta = checkpoint.read_meta(workdir, kind)
     if meta is None:
         raise UserError(f"{workdir}: no checkpoint to predict with (train first)")
-    template = parallel.replicated_init(
+    template = parallel.init_state(
         lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
-                                   len(meta["class_names"])), parallel.data_mesh())
+                                   len(meta["class_names"])),
+        parallel.data_mesh(), config.shard_params)
     return checkpoint.restore(workdir, template, kind)
 
 

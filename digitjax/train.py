@@ -149,8 +149,8 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None):
     state = state.apply_gradients(grads=grads)
     if has_stats:
         state = state.replace(batch_stats=batch_stats)
-    if state.ema_params is not None:
-        d = state.ema_decay
+    if state.ema_params is not None:  # warmed up, so early averages follow the weights
+        d = jnp.minimum(state.ema_decay, (1.0 + state.step) / (10.0 + state.step))
         state = state.replace(ema_params=jax.tree.map(lambda e, p: d * e + (1 - d) * p,
                                                       state.ema_params, state.params))
     return state, metrics
@@ -184,7 +184,7 @@ def preprocess(config: ml_collections.ConfigDict, norm: dict | None):
     return lambda images: transforms.standardize(images, mean, std)
 
 
-def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
+def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None, state_sharding=None):
     """The compiled training step on a uint8 batch: scale, augment, `train_step`.
 
     Scaling and augmentation are fused into the compiled step, so the host only
@@ -192,8 +192,9 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
     `lax.scan` over several steps: on XLA:CPU a conv inside a loop body ran ~10x
     slower than the same step dispatched alone (measured, see experiments/).
 
-    `config.parallelism`: "jit" takes global arrays sharded over the mesh;
-    "pmap" takes a leading device axis and runs `train_step` with `axis_name`.
+    `config.parallelism`: "jit" takes global arrays sharded over the mesh (the new
+    state keeps `state_sharding`, e.g. sharded parameters); "pmap" takes a leading
+    device axis and runs `train_step` with `axis_name`.
     """
     to_float = preprocess(config, norm)
     aug = config.augment
@@ -213,7 +214,7 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None):
 
     if axis_name:
         return jax.pmap(step, axis_name=axis_name, donate_argnums=0)
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None))
 
 
 def augment_base_key(seed: int) -> jax.Array:
@@ -266,6 +267,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.parallelism in ("jit", "pmap"), "parallelism", "'jit' or 'pmap'")
     need(config.parallelism == "jit" or jax.process_count() == 1, "parallelism",
          "'jit' when running several processes ('pmap' is single-process)")
+    need(config.parallelism == "jit" or not config.shard_params, "parallelism",
+         "'jit' with config.shard_params (pmap replicates everything)")
     n = jax.device_count()
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
@@ -278,7 +281,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
-                     "eval_batch_size", "parallelism", "tta_shifts", "decode_workers")
+                     "eval_batch_size", "parallelism", "shard_params", "tta_shifts",
+                     "decode_workers")
 
 
 def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -333,9 +337,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         mean, std = transforms.channel_stats(data.images[train_idx])
         norm = {"mean": mean, "std": std}
     mesh = parallel.data_mesh()
-    state = parallel.replicated_init(
+    state = parallel.init_state(
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
-                                   len(data.class_names), steps_per_epoch), mesh)
+                                   len(data.class_names), steps_per_epoch),
+        mesh, config.shard_params)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     meta = {"epoch": 0, "best_val_accuracy": -1.0}
     if checkpoint.exists(workdir):
         state, meta = checkpoint.restore(workdir, state)
@@ -345,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         files.write_json(workdir / "classes.json", data.class_names)
 
     history = _read_history(workdir, meta["epoch"])
-    train_fn = make_train_fn(config, norm)
+    train_fn = make_train_fn(config, norm, state_sharding)
     eval_fn = make_eval_fn(config, norm)
     rows = parallel.process_rows(config.batch_size)
     pmap = config.parallelism == "pmap"
@@ -368,8 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if config.progress and sys.stdout.isatty():
                     _progress(epoch, config.num_epochs, seen, len(batches), sums, start)
         if pmap:
-            step_state = jax.device_put(parallel.pmap_unreplicate(step_state),
-                                        parallel.replicated(mesh))
+            step_state = jax.device_put(parallel.pmap_unreplicate(step_state), state_sharding)
         state = step_state
         seconds = time.perf_counter() - start
         record = {

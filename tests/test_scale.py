@@ -63,12 +63,28 @@ def assert_same_params(workdir, single):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
-def test_eight_devices_match_one(single, digits_dir, tmp_path, parallelism):
-    proc = run(tmp_path, digits_dir, f"--config.parallelism={parallelism}",
-               env=devices_env(8))
+@pytest.mark.parametrize("flags", [["--config.parallelism=jit"], ["--config.parallelism=pmap"],
+                                   ["--config.shard_params=true"]])
+def test_eight_devices_match_one(single, digits_dir, tmp_path, flags):
+    proc = run(tmp_path, digits_dir, *flags, env=devices_env(8))
     assert proc.returncode == 0, proc.stderr
     assert_same_params(tmp_path, single)
+
+
+def test_sharded_parameters_are_split_over_the_devices():
+    code = ("import jax\n"
+            "from configs import seed\n"
+            "from digitjax import parallel, train\n"
+            "c = seed.get_config()\n"
+            "s = parallel.init_state(lambda: train.create_train_state(c, jax.random.key(0), "
+            "(28, 28, 1), 10, 1), parallel.data_mesh(), shard_params=True)\n"
+            "k = s.params['Dense_0']['kernel']\n"
+            "print(k.shape, k.addressable_shards[0].data.shape, "
+            "s.opt_state[0].mu['Dense_0']['kernel'].addressable_shards[0].data.shape)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), **devices_env(8))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(21632,", "10)", "(2704,", "10)", "(2704,", "10)"]
 
 
 def test_batch_must_divide_by_devices(digits_dir, tmp_path):
