@@ -145,12 +145,16 @@ def test_ema_follows_the_weights(batch):
     config = default.get_config()
     config.ema_decay = 0.9
     state = state_for(config)
-    for _ in range(30):  # past the warmup, where the decay is (1 + t) / (10 + t)
-        state, _ = jax.jit(train.train_step)(state, batch)
-    new, _ = jax.jit(train.train_step)(state, batch)
-    for e, e0, p1 in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(state.ema_params),
-                         jax.tree.leaves(new.params), strict=True):
-        np.testing.assert_allclose(e, 0.9 * e0 + 0.1 * p1, rtol=1e-5, atol=1e-6)
+    step = jax.jit(train.train_step)
+    for t in range(1, 101):  # decay min(0.9, (1 + t) / (10 + t)), t the updated step
+        new, _ = step(state, batch)
+        d = min(0.9, (1 + t) / (10 + t))
+        if t in (1, 100):
+            for e, e0, p1 in zip(jax.tree.leaves(new.ema_params),
+                                 jax.tree.leaves(state.ema_params),
+                                 jax.tree.leaves(new.params), strict=True):
+                np.testing.assert_allclose(e, d * e0 + (1 - d) * p1, rtol=1e-5, atol=1e-6)
+        state = new
     assert train.eval_params(new) is new.ema_params
 
 
