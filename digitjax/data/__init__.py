@@ -73,11 +73,15 @@ def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) 
     if path.is_dir():
         found = images.list_unlabelled(path)
         decoded, kept = images.decode_all(found, _decode_settings(config, shape), cache_dir)
-        return Dataset(images=decoded, labels=None,
-                       ids=np.array([p.stem for p, k in zip(found, kept, strict=True) if k]),
-                       class_names=[], source=str(path), pixel_table=False)
+        return Dataset(images=decoded, labels=None, ids=_stems(found, kept), class_names=[],
+                       source=str(path), pixel_table=False)
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
     return _from_table(table, config, shape=tuple(shape), labelled=False)
+
+
+def _stems(paths: list[Path], kept: np.ndarray) -> np.ndarray:
+    """The ids of image files: names without extension, of the files that decoded."""
+    return np.array([p.stem for p, k in zip(paths, kept, strict=True) if k])
 
 
 def _decode_settings(config, shape=None) -> images.DecodeSettings:
@@ -114,7 +118,7 @@ def _load_image_files(config, cache_dir) -> Dataset:
     return Dataset(
         images=decoded,
         labels=np.asarray(labels, np.int32)[kept],
-        ids=np.array([p.stem for p, k in zip(paths, kept, strict=True) if k]),
+        ids=_stems(paths, kept),
         class_names=classes,
         source=source,
         pixel_table=False,
