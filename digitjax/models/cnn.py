@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def batch_norm(train: bool, **kwargs) -> nn.BatchNorm:
+    """Every model's batch norm: batch statistics in training, running ones after."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, **kwargs)
 
 
 class SeedCNN(nn.Module):
@@ -46,16 +50,15 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
         for f in self.features:
             for _ in range(self.convs_per_stage):
                 k = (self.kernel_size, self.kernel_size)
                 x = nn.Conv(f, k, use_bias=not self.batch_norm)(x)
-                x = nn.relu(norm()(x) if self.batch_norm else x)
+                x = nn.relu(batch_norm(train)(x) if self.batch_norm else x)
             x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense, use_bias=not self.batch_norm)(x)
-        x = nn.relu(norm()(x) if self.batch_norm else x)
+        x = nn.relu(batch_norm(train)(x) if self.batch_norm else x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
@@ -73,11 +76,9 @@ class StridedCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
-
         def conv(x, f, k, stride=1, padding="SAME"):
             x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False)(x)
-            return nn.relu(norm()(x))
+            return nn.relu(batch_norm(train)(x))
 
         for f in self.features:
             x = conv(x, f, 3, padding="VALID")
@@ -96,13 +97,12 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
         y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False)(x)
-        y = nn.relu(norm()(y))
+        y = nn.relu(batch_norm(train)(y))
         y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
-        y = norm(scale_init=nn.initializers.zeros)(y)  # each block starts as identity
+        y = batch_norm(train, scale_init=nn.initializers.zeros)(y)  # block starts as identity
         if x.shape[-1] != self.features or self.stride != 1:
-            x = norm()(nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x))
+            x = batch_norm(train)(nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x))
         return nn.relu(x + y)
 
 
@@ -118,7 +118,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = nn.Conv(self.features[0], (3, 3), use_bias=False)(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        x = nn.relu(batch_norm(train)(x))
         for i, f in enumerate(self.features):
             for j in range(self.blocks_per_stage):
                 x = ResidualBlock(f, stride=2 if i > 0 and j == 0 else 1)(x, train)
