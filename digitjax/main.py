@@ -48,11 +48,12 @@ def run(argv: list[str]) -> None:
         if result["epoch"] < config.num_epochs:
             train.log(f"stopped after epoch {result['epoch']}; run again to resume")
             return
-        report = predict.validation_report(config, workdir)
+        best = predict.restore_best(config, workdir)
+        report = predict.validation_report(config, workdir, best)
         if report:
             train.log("best checkpoint: " + ", ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
-        for path in predict.predict_test_set(config, workdir):
+        for path in predict.predict_test_set(config, workdir, best):
             train.log(f"wrote {path}")
     else:
         if not _INPUT.value:

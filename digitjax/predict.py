@@ -93,10 +93,12 @@ def write_predictions(out_dir: Path, data: Dataset, probs: np.ndarray, class_nam
     return written
 
 
-def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path) -> list[Path]:
-    """After training: predicts the config's test split, if it has one."""
+def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
+                     restored=None) -> list[Path]:
+    """After training: predicts the config's test split, if it has one, with the best
+    checkpoint (`restored` = `restore_best`'s result, to load it only once)."""
     workdir = Path(workdir)
-    state, meta = restore_best(config, workdir)
+    state, meta = restored or restore_best(config, workdir)
     data = load_test(config, meta["input_shape"], workdir / "cache")
     if data is None:
         return []
@@ -104,11 +106,12 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     return write_predictions(workdir, data, probs, meta["class_names"], data.pixel_table)
 
 
-def validation_report(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
+                      restored=None) -> dict:
     """The best checkpoint on the validation split, with and without test-time
     augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json."""
     workdir = Path(workdir)
-    state, meta = restore_best(config, workdir)
+    state, meta = restored or restore_best(config, workdir)
     data = load_train(config, workdir / "cache")
     _, val_idx = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
     if not len(val_idx):
