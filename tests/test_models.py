@@ -54,3 +54,44 @@ def test_stronger_models_run_on_digits_and_photos(name, shape):
     logits, updates = model.apply(variables, jnp.ones((2, *shape)), train=True,
                                   rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
     assert logits.shape == (2, 5) and "batch_stats" in updates
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    (24, 5, 2, "SAME"), (27, 3, 2, "VALID"), (17, 4, 3, "SAME"), (10, 3, 2, ((0, 5), (1, 0))),
+])
+def test_space_to_depth_conv_equals_the_strided_conv(size, kernel, stride, padding):
+    from jax import lax
+
+    from digitjax.models.conv import space_to_depth_conv
+
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, size, size + 1, 3))
+    w = jax.random.normal(kw, (kernel, kernel, 3, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
+
+    def fast(x, w):
+        return space_to_depth_conv(x, w, (stride, stride), padding, dimension_numbers=dims)
+
+    y, pull = jax.vjp(reference, x, w)
+    y_fast, pull_fast = jax.vjp(fast, x, w)
+    assert y_fast.shape == y.shape
+    assert jnp.allclose(y_fast, y, atol=1e-4)
+    g = jax.random.normal(kg, y.shape)
+    for a, b in zip(pull(g), pull_fast(g), strict=True):
+        assert jnp.allclose(a, b, atol=1e-4)
+
+
+def test_cpu_flags_keep_what_the_user_set(monkeypatch):
+    from digitjax import cpu_flags
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    cpu_flags.apply_cpu_flags()
+    assert cpu_flags.os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    cpu_flags.apply_cpu_flags()
+    assert cpu_flags.os.environ["XLA_FLAGS"] == (
+        "--xla_force_host_platform_device_count=2"
+        " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution")

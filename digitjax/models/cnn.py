@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from digitjax.models.conv import space_to_depth_conv
+
 
 def batch_norm(train: bool, **kwargs) -> nn.BatchNorm:
     """Every model's batch norm: batch statistics in training, running ones after."""
@@ -77,7 +79,8 @@ class StridedCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(x, f, k, stride=1, padding="SAME"):
-            x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False)(x)
+            x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False,
+                        conv_general_dilated=space_to_depth_conv)(x)
             return nn.relu(batch_norm(train)(x))
 
         for f in self.features:
@@ -97,7 +100,8 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False)(x)
+        y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False,
+                    conv_general_dilated=space_to_depth_conv)(x)
         y = nn.relu(batch_norm(train)(y))
         y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
         y = batch_norm(train, scale_init=nn.initializers.zeros)(y)  # block starts as identity
