@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.resnet.features = (32, 64, 128)  # Channels of each stage (later stages halve H, W).
     config.resnet.blocks_per_stage = 2  # Basic blocks per stage.
     # Optimisation.
-    config.num_epochs = 15  # Passes over the training split.
+    config.num_epochs = 20  # Passes over the training split (~17 s each on a 2-core CPU).
     config.batch_size = 128  # Global batch (all devices); must divide by the device count.
     config.eval_batch_size = 1000  # Batch for validation and prediction.
     config.optimizer = "adam"  # "adam", or "adamw" (decoupled weight decay).
