@@ -70,6 +70,8 @@ def worker_digitjax(model: str) -> dict:
     config = seed.get_config() if model == "seed" else default.get_config()
     if model == "flax_example":  # the Flax MNIST example: no batch norm, no dropout
         config.cnn.batch_norm, config.cnn.dropout = False, 0.0
+    if model == "strided_cnn":
+        config.model = model
     config.batch_size = BATCH
     config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
@@ -105,6 +107,15 @@ def worker_torch(model: str) -> dict:
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
             nn.Linear(7 * 7 * 64, 256), nn.ReLU(), nn.Linear(256, 10))
+    elif model == "strided_cnn":  # configs/best.py's network, layer for layer
+        def conv(c_in, c_out, k, stride=1, padding=0):
+            return [nn.Conv2d(c_in, c_out, k, stride, padding, bias=False),
+                    nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        net = nn.Sequential(
+            *conv(1, 32, 3), *conv(32, 32, 3), *conv(32, 32, 5, 2, 2), nn.Dropout(0.4),
+            *conv(32, 64, 3), *conv(64, 64, 3), *conv(64, 64, 5, 2, 2), nn.Dropout(0.4),
+            *conv(64, 128, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
     else:  # digitjax's default CNN, layer for layer
         net = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
@@ -151,6 +162,16 @@ def worker_keras(model: str) -> dict:
             layers.Conv2D(32, 3, padding="same", activation="relu"), layers.AveragePooling2D(2),
             layers.Conv2D(64, 3, padding="same", activation="relu"), layers.AveragePooling2D(2),
             layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10)])
+    elif model == "strided_cnn":
+        def conv(f, k, stride=1, padding="valid"):
+            return [layers.Conv2D(f, k, stride, padding, use_bias=False),
+                    layers.BatchNormalization(), layers.ReLU()]
+
+        net = keras.Sequential([
+            keras.Input((28, 28, 1)), *conv(32, 3), *conv(32, 3), *conv(32, 5, 2, "same"),
+            layers.Dropout(0.4), *conv(64, 3), *conv(64, 3), *conv(64, 5, 2, "same"),
+            layers.Dropout(0.4), *conv(128, 4), layers.Flatten(), layers.Dropout(0.4),
+            layers.Dense(10)])
     else:
         net = keras.Sequential([
             keras.Input((28, 28, 1)),
@@ -263,7 +284,7 @@ def _seconds(code: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
-    ap.add_argument("--models", default="flax_example,cnn,seed")
+    ap.add_argument("--models", default="flax_example,cnn,seed,strided_cnn")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-models", action="store_true")

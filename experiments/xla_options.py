@@ -18,8 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-VARIANTS = {
-    "baseline (jit, batch 128)": ("", {}),
+VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
+    "digitjax (jit, batch 128)": ("", {}),
+    "jaxlib defaults (YNNPACK convs)": ("", {"env": {"DIGITJAX_XLA_CPU_FLAGS": "0"}}),
+    "no YNNPACK at all": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),
@@ -35,6 +37,8 @@ from configs import default, seed
 from digitjax import train
 opts = json.loads(sys.argv[1]); model = sys.argv[2]
 config = seed.get_config() if model == "seed" else default.get_config()
+if model in ("strided_cnn", "resnet"):
+    config.model = model
 if model == "flax_example":
     config.cnn.batch_norm, config.cnn.dropout = False, 0.0
 config.batch_size = opts.get("batch_size", 128)
@@ -68,6 +72,7 @@ print("RESULT", statistics.median(rates))
 def run(flags: str, opts: dict, model: str) -> float:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    env.update(opts.get("env", {}))
     out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(opts), model], env=env,
                          cwd=REPO, capture_output=True, text=True)
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
@@ -80,9 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--only", default="", help="variant names separated by ';'")
     a = ap.parse_args()
-    names = [n for n in VARIANTS if not a.only or n in a.only.split(",")]
+    names = [n for n in VARIANTS if not a.only or n in a.only.split(";")]
     rates = {n: [] for n in names}
     for _ in range(a.rounds):
         for n in names:
