@@ -22,6 +22,7 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "digitjax (jit, batch 128)": ("", {}),
     "jaxlib defaults (YNNPACK convs)": ("", {"env": {"DIGITJAX_XLA_CPU_FLAGS": "0"}}),
     "no YNNPACK at all": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
+    "strided convs without space-to-depth": ("", {"plain_conv": True}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),
@@ -36,6 +37,9 @@ import jax, jax.numpy as jnp, numpy as np
 from configs import default, seed
 from digitjax import train
 opts = json.loads(sys.argv[1]); model = sys.argv[2]
+if opts.get("plain_conv"):
+    import digitjax.models.cnn
+    digitjax.models.cnn.space_to_depth_conv = jax.lax.conv_general_dilated
 config = seed.get_config() if model == "seed" else default.get_config()
 if model in ("strided_cnn", "resnet"):
     config.model = model
