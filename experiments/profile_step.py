@@ -1,0 +1,80 @@
+"""Where the training step's time goes: a jax.profiler trace of a few steps, summed
+per XLA operation (thread time, so concurrent ops add up past the wall time).
+
+    python experiments/profile_step.py [--model cnn] [--steps 20] [--top 25]
+
+Run it under different XLA_FLAGS (or DIGITJAX_XLA_CPU_FLAGS=0) to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.profiler import ProfileData
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs import default  # noqa: E402
+from digitjax import train  # noqa: E402
+
+
+def fusion_summary(hlo: str, name: str) -> str:
+    """Output shape and the ops inside the fusion called `name`, from the HLO text."""
+    m = re.search(r"\n  %" + re.escape(name) + r" = (\S+) [^\n]*?calls=%([\w.-]+)", hlo)
+    if not m:
+        return ""
+    start = hlo.find("%" + m.group(2) + " ")
+    body = hlo[start:hlo.find("\n}", start)]
+    ops = sorted(set(re.findall(r"= \w+\[[^\]]*\][^ ]* (\w+)\(", body)) - {"parameter"})
+    return f"{m.group(1)} {','.join(ops)}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args()
+    config = default.get_config()
+    config.model = a.model
+    config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+    state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
+    step = train.make_train_fn(config, None)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), np.uint8))
+    y = jnp.zeros((128,), jnp.int32)
+    for _ in range(5):
+        state, m = step(state, x, y)
+    jax.block_until_ready(m)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        start = time.perf_counter()
+        with jax.profiler.trace(trace_dir):
+            for _ in range(a.steps):
+                state, m = step(state, x, y)
+            jax.block_until_ready(m)
+        wall = (time.perf_counter() - start) / a.steps
+        profile = ProfileData.from_file(str(next(Path(trace_dir).rglob("*.xplane.pb"))))
+    per_op = collections.Counter()
+    for plane in profile.planes:
+        for line in plane.lines:
+            if "XLAEigen" not in line.name:  # the threads that run the compiled step
+                continue
+            for event in line.events:
+                if not event.name.startswith("ThunkExecutor"):
+                    per_op[event.name] += event.duration_ns
+    hlo = step.lower(state, x, y).compile().as_text()
+    print(f"{a.model}: {wall * 1e3:.1f} ms per step (traced), "
+          f"{sum(per_op.values()) / a.steps / 1e6:.1f} ms of op thread time")
+    for name, ns in per_op.most_common(a.top):
+        print(f"{ns / a.steps / 1e6:7.2f} ms  {name:32s} {fusion_summary(hlo, name)[:110]}")
+
+
+if __name__ == "__main__":
+    main()
