@@ -1,10 +1,15 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
+from jax import lax
 
 from configs import default, seed
+from digitjax import cpu_flags
 from digitjax.errors import UserError
 from digitjax.models import create_model
+from digitjax.models.conv import space_to_depth_conv
 
 
 def param_count(variables) -> int:
@@ -60,14 +65,11 @@ def test_stronger_models_run_on_digits_and_photos(name, shape):
     (24, 5, 2, "SAME"), (27, 3, 2, "VALID"), (17, 4, 3, "SAME"), (10, 3, 2, ((0, 5), (1, 0))),
 ])
 def test_space_to_depth_conv_equals_the_strided_conv(size, kernel, stride, padding):
-    from jax import lax
-
-    from digitjax.models.conv import space_to_depth_conv
-
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (2, size, size + 1, 3))
     w = jax.random.normal(kw, (kernel, kernel, 3, 4))
     dims = ("NHWC", "HWIO", "NHWC")
+    assert jax.default_backend() == "cpu"  # where the rearranged path runs
 
     def reference(x, w):
         return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
@@ -85,13 +87,20 @@ def test_space_to_depth_conv_equals_the_strided_conv(size, kernel, stride, paddi
 
 
 def test_cpu_flags_keep_what_the_user_set(monkeypatch):
-    from digitjax import cpu_flags
-
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
     cpu_flags.apply_cpu_flags()
-    assert cpu_flags.os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     cpu_flags.apply_cpu_flags()
-    assert cpu_flags.os.environ["XLA_FLAGS"] == (
+    assert os.environ["XLA_FLAGS"] == (
         "--xla_force_host_platform_device_count=2"
         " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+
+
+def test_space_to_depth_conv_leaves_other_layouts_to_lax():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 12, 12))  # NCHW
+    w = jax.random.normal(jax.random.key(1), (4, 3, 5, 5))  # OIHW
+    dims = ("NCHW", "OIHW", "NCHW")
+    y = space_to_depth_conv(x, w, (2, 2), "SAME", dimension_numbers=dims)
+    assert jnp.array_equal(y, lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                       dimension_numbers=dims))

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+NHWC = ("NHWC", "HWIO", "NHWC")  # the layout flax's nn.Conv uses, and the only one rearranged
+
 
 def _space_to_depth(x: jax.Array, s: int) -> jax.Array:
     n, h, w, c = x.shape
@@ -36,9 +38,11 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
                         precision=None) -> jax.Array:
     """Drop-in for `lax.conv_general_dilated` as flax's `nn.Conv` calls it (NHWC, HWIO)."""
     strides = tuple(window_strides)
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     plain = (jax.default_backend() != "cpu" or len(strides) != 2 or strides[0] != strides[1]
              or strides[0] == 1 or feature_group_count != 1
-             or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())))
+             or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc)
     if plain:
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,
@@ -62,5 +66,4 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
     c, f = rhs.shape[2:]
     w = w.reshape(bh, s, bw, s, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c, f)
     return lax.conv_general_dilated(_space_to_depth(x, s), w, (1, 1), "VALID",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    precision=precision)
+                                    dimension_numbers=NHWC, precision=precision)
