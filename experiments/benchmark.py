@@ -63,17 +63,11 @@ def timed(step, n_images: int) -> tuple[float, float]:
 
 def worker_digitjax(model: str) -> dict:
     import jax
+    from common import step_config
 
-    from configs import default, seed
     from digitjax import train
 
-    config = seed.get_config() if model == "seed" else default.get_config()
-    if model == "flax_example":  # the Flax MNIST example: no batch norm, no dropout
-        config.cnn.batch_norm, config.cnn.dropout = False, 0.0
-    if model == "strided_cnn":
-        config.model = model
-    config.batch_size = BATCH
-    config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+    config = step_config(model, BATCH)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
     train_fn = train.make_train_fn(config, None)
     x, y = digits()

@@ -1,5 +1,5 @@
-"""Helpers for the experiment scripts: run the command line, read a workdir, write
-a Markdown table."""
+"""Helpers for the experiment scripts: the config the speed scripts time, run the
+command line, read a workdir, write a Markdown table."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+if str(REPO) not in sys.path:  # configs/ and digitjax/ from a checkout
+    sys.path.insert(0, str(REPO))
+
+
+def step_config(model: str, batch_size: int = 128):
+    """The config the speed scripts time `model` under: "seed", "flax_example" (the
+    Flax MNIST example: the default CNN without batch norm or dropout) or a name in
+    digitjax.models.MODELS; augmentation off, so only the network is timed."""
+    from configs import default, seed
+
+    config = seed.get_config() if model == "seed" else default.get_config()
+    if model == "flax_example":
+        config.cnn.batch_norm, config.cnn.dropout = False, 0.0
+    elif model != "seed":
+        config.model = model
+    config.batch_size = batch_size
+    config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+    return config
 
 
 def run_main(*args: str) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import step_config
 from jax.profiler import ProfileData
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
-from digitjax import train  # noqa: E402
+from digitjax import train
 
 
 def fusion_summary(hlo: str, name: str) -> str:
@@ -43,9 +41,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
-    config = default.get_config()
-    config.model = a.model
-    config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+    config = step_config(a.model)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
     step = train.make_train_fn(config, None)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), np.uint8))

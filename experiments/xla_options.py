@@ -34,19 +34,14 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
 WORKER = r'''
 import json, statistics, sys, time
 import jax, jax.numpy as jnp, numpy as np
-from configs import default, seed
+sys.path.insert(0, "experiments")
+from common import step_config
 from digitjax import train
 opts = json.loads(sys.argv[1]); model = sys.argv[2]
 if opts.get("plain_conv"):
     import digitjax.models.cnn
     digitjax.models.cnn.space_to_depth_conv = jax.lax.conv_general_dilated
-config = seed.get_config() if model == "seed" else default.get_config()
-if model in ("strided_cnn", "resnet"):
-    config.model = model
-if model == "flax_example":
-    config.cnn.batch_norm, config.cnn.dropout = False, 0.0
-config.batch_size = opts.get("batch_size", 128)
-config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
+config = step_config(model, opts.get("batch_size", 128))
 state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
 fn = train.make_train_fn(config, None)
 b, k = config.batch_size, opts.get("scan", 1)
