@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
     config.augment.zoom = 0.1  # Random scale in 1 +- zoom.
     config.augment.shift = 0.1  # Random shift in +- fraction of the image size.
+    config.augment.shear_deg = 0.0  # Random shear x += tan(+-degrees) * y; 0 = off.
+    config.augment.elastic_alpha = 0.0  # Elastic warp strength in pixels (Simard: 34); 0 = off.
+    config.augment.elastic_sigma = 4.0  # Smoothness (Gaussian sigma, pixels) of the elastic field.
     config.augment.flip_horizontal = False  # Random left-right flips (not for digits).
     # Inference.
     config.tta_shifts = ()  # Test-time augmentation: (dy, dx) pixel shifts averaged, e.g.

@@ -1,9 +1,9 @@
 """Augmentation as pure jax functions, run inside the jitted training step.
 
-Each example gets its own random rotation, zoom and shift drawn from the step's
-key, so the same key gives the same images on any device layout (draws are made
-for the global batch). Geometry is one inverse-mapped affine warp with bilinear
-sampling and zero fill.
+Each example gets its own random rotation, zoom, shift, shear and elastic
+distortion drawn from the step's key, so the same key gives the same images on any
+device layout (draws are made for the global batch). Geometry is one inverse-mapped
+warp (affine, plus the elastic field when on) with bilinear sampling and zero fill.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ def random_affine(
     shift: float = 0.0,
     part: tuple[jax.Array, int] | None = None,
     flip_horizontal: bool = False,
+    shear_deg: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> jax.Array:
-    """Randomly rotates (+-degrees), zooms (scale in 1 +- zoom) and shifts (+- fraction
-    of the size) each image of a float NHWC batch, and optionally mirrors half of
-    them left-right.
+    """Randomly rotates (+-degrees), zooms (scale in 1 +- zoom), shifts (+- fraction
+    of the size) and shears (x += tan(+-degrees) * y) each image of a float NHWC batch,
+    optionally displaces every pixel by a smooth random field (Simard et al. 2003:
+    uniform noise in [-1, 1] blurred by a Gaussian of `elastic_sigma` pixels, times
+    `elastic_alpha` pixels), and optionally mirrors half of them left-right.
 
     `part=(index, count)` says this batch is part `index` of `count` equal parts of
     a global batch (pmap): the draws are made for the whole and sliced, so each
@@ -32,6 +37,9 @@ def random_affine(
     b, h, w, _ = images.shape
     index, count = part if part is not None else (0, 1)
     k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
+    # Shear and elastic keys are folded in, not split: the other draws, and so every
+    # run made before these options existed, stay as they were.
+    k_shear, k_elastic = jax.random.fold_in(key, 4), jax.random.fold_in(key, 5)
 
     def draw(k, shape, low, high):
         values = jax.random.uniform(k, (b * count, *shape), minval=low, maxval=high)
@@ -40,17 +48,38 @@ def random_affine(
     angle = jnp.deg2rad(draw(k_rot, (), -rotation_deg, rotation_deg))
     scale = draw(k_zoom, (), 1.0 - zoom, 1.0 + zoom)
     offset = draw(k_shift, (2,), -shift, shift)
-    out = affine(images, angle, scale, offset * jnp.array([h, w], jnp.float32))
+    shear = jnp.deg2rad(draw(k_shear, (), -shear_deg, shear_deg)) if shear_deg else None
+    displacement = None
+    if elastic_alpha:
+        noise = draw(k_elastic, (h, w, 2), -1.0, 1.0)
+        displacement = elastic_alpha * gaussian_blur(noise, elastic_sigma)
+    out = affine(images, angle, scale, offset * jnp.array([h, w], jnp.float32), shear,
+                 displacement)
     if flip_horizontal:
         flip = draw(k_flip, (), 0.0, 1.0) < 0.5
         out = jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
     return out
 
 
-def affine(images: jax.Array, angle: jax.Array, scale: jax.Array,
-           translate: jax.Array) -> jax.Array:
-    """Rotates by `angle` (radians) and scales about the centre, then translates by
-    `translate` (pixels, (dy, dx)); one set of parameters per example."""
+def gaussian_blur(fields: jax.Array, sigma: float) -> jax.Array:
+    """Blurs (B, H, W, C) fields with a Gaussian of `sigma` pixels, zero outside; as two
+    small matrix products (H x H and W x W), which beat a 6-sigma-wide convolution."""
+    _, h, w, _ = fields.shape
+
+    def kernel(n):
+        d = jnp.arange(n, dtype=jnp.float32)
+        d = d[:, None] - d[None, :]
+        return jnp.exp(-0.5 * (d / sigma) ** 2) / (sigma * jnp.sqrt(2 * jnp.pi))
+
+    return jnp.einsum("ij,bjkc,lk->bilc", kernel(h), fields, kernel(w))
+
+
+def affine(images: jax.Array, angle: jax.Array, scale: jax.Array, translate: jax.Array,
+           shear: jax.Array | None = None, displacement: jax.Array | None = None) -> jax.Array:
+    """Rotates by `angle` (radians), shears (x += tan(shear) * y, when given) and scales
+    about the centre, then translates by `translate` (pixels, (dy, dx)); one set of
+    parameters per example. `displacement` (B, H, W, 2), in pixels (dy, dx), moves
+    where each output pixel samples before the affine map (an elastic warp)."""
     b, h, w, _ = images.shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
@@ -58,11 +87,14 @@ def affine(images: jax.Array, angle: jax.Array, scale: jax.Array,
     # Inverse map: the source pixel that lands on each output pixel.
     oy = ys[None] - cy - translate[:, 0, None, None]
     ox = xs[None] - cx - translate[:, 1, None, None]
+    if displacement is not None:
+        oy, ox = oy + displacement[..., 0], ox + displacement[..., 1]
     cos, sin = jnp.cos(angle)[:, None, None], jnp.sin(angle)[:, None, None]
+    ry, rx = cos * oy + sin * ox, -sin * oy + cos * ox
+    if shear is not None:
+        rx = rx - jnp.tan(shear)[:, None, None] * ry
     inv = 1.0 / scale[:, None, None]
-    src_y = (cos * oy + sin * ox) * inv + cy
-    src_x = (-sin * oy + cos * ox) * inv + cx
-    return bilinear_sample(images, src_y, src_x)
+    return bilinear_sample(images, ry * inv + cy, rx * inv + cx)
 
 
 def shift(images: jax.Array, dy: float, dx: float) -> jax.Array:

@@ -198,7 +198,8 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None, state_sh
     """
     to_float = preprocess(config, norm)
     aug = config.augment
-    augmenting = aug.rotation_deg > 0 or aug.zoom > 0 or aug.shift > 0 or aug.flip_horizontal
+    augmenting = (aug.rotation_deg > 0 or aug.zoom > 0 or aug.shift > 0 or aug.shear_deg > 0
+                  or aug.elastic_alpha > 0 or aug.flip_horizontal)
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
 
     def step(state, images, labels):
@@ -208,8 +209,7 @@ def make_train_fn(config: ml_collections.ConfigDict, norm: dict | None, state_sh
             part = None
             if axis_name:  # draw for the global batch, as the jit path does
                 part = (jax.lax.axis_index(axis_name), jax.local_device_count())
-            images = augment.random_affine(images, key, aug.rotation_deg, aug.zoom,
-                                           aug.shift, part, aug.flip_horizontal)
+            images = augment.random_affine(images, key, part=part, **aug)
         return train_step(state, {"image": images, "label": labels}, axis_name)
 
     if axis_name:
@@ -273,6 +273,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
     need(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+    for field in ("rotation_deg", "zoom", "shift", "shear_deg", "elastic_alpha"):
+        need(config.augment[field] >= 0, f"augment.{field}", "a number >= 0")
+    need(config.augment.zoom < 1, "augment.zoom", "a number < 1 (scale in 1 +- zoom)")
+    need(config.augment.elastic_sigma > 0, "augment.elastic_sigma", "a number > 0")
     create_optimizer(config, 1)  # names a bad config.optimizer or config.schedule
 
 

@@ -39,7 +39,8 @@ def test_same_key_same_images_other_key_other_images():
 def test_parts_of_a_batch_get_what_the_whole_gets():
     """pmap draws for the global batch and slices: the same images as unsplit."""
     x = jax.random.uniform(jax.random.key(3), (8, 8, 8, 1))
-    kw = dict(rotation_deg=15.0, zoom=0.1, shift=0.1, flip_horizontal=True)
+    kw = dict(rotation_deg=15.0, zoom=0.1, shift=0.1, flip_horizontal=True, shear_deg=10.0,
+              elastic_alpha=20.0, elastic_sigma=3.0)
     whole = augment.random_affine(x, jax.random.key(4), **kw)
     parts = [augment.random_affine(x[i * 2:(i + 1) * 2], jax.random.key(4), part=(i, 4), **kw)
              for i in range(4)]
@@ -52,3 +53,57 @@ def test_flip_mirrors_about_half():
     flipped = np.all(np.asarray(out) == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3))
     kept = np.all(np.asarray(out) == np.asarray(x), axis=(1, 2, 3))
     assert np.all(flipped | kept) and 16 < flipped.sum() < 48
+
+
+def vertical_bar(size=9):
+    x = np.zeros((1, size, size, 1), np.float32)
+    x[:, :, size // 2] = 1.0
+    return jnp.asarray(x)
+
+
+def no_rotation_zoom_shift(n=1):
+    return jnp.zeros(n), jnp.ones(n), jnp.zeros((n, 2))
+
+
+def test_shear_of_45_degrees_turns_a_vertical_bar_into_the_diagonal():
+    out = augment.affine(vertical_bar(), *no_rotation_zoom_shift(), jnp.deg2rad(jnp.full(1, 45.0)))
+    np.testing.assert_allclose(np.asarray(out)[0, ..., 0], np.eye(9), atol=1e-6)
+
+
+def test_a_constant_displacement_moves_where_every_pixel_samples():
+    displacement = jnp.zeros((1, 9, 9, 2)).at[..., 1].set(1.0)  # sample one pixel right
+    out = augment.affine(vertical_bar(), *no_rotation_zoom_shift(), displacement=displacement)
+    expected = np.zeros((9, 9), np.float32)
+    expected[:, 3] = 1.0  # so the bar appears one pixel left
+    np.testing.assert_allclose(np.asarray(out)[0, ..., 0], expected, atol=1e-6)
+
+
+def test_gaussian_blur_keeps_a_constant_inside_and_spreads_a_point_as_a_gaussian():
+    blurred = augment.gaussian_blur(jnp.ones((1, 41, 41, 1)), 2.0)
+    np.testing.assert_allclose(blurred[0, 20, 20, 0], 1.0, atol=1e-5)
+    point = jnp.zeros((1, 41, 41, 1)).at[0, 20, 20, 0].set(1.0)
+    blurred = np.asarray(augment.gaussian_blur(point, 2.0))[0, :, :, 0]
+    g = np.exp(-0.5 * (np.arange(41) - 20) ** 2 / 4.0) / (2.0 * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(blurred, np.outer(g, g), atol=1e-6)
+
+
+def test_shear_and_elastic_are_random_per_example_and_repeatable():
+    x = jax.random.uniform(jax.random.key(6), (8, 12, 12, 1))
+    for kw in (dict(shear_deg=20.0), dict(elastic_alpha=30.0, elastic_sigma=3.0)):
+        a = augment.random_affine(x, jax.random.key(7), **kw)
+        assert np.array_equal(a, augment.random_affine(x, jax.random.key(7), **kw))
+        assert not np.allclose(a, augment.random_affine(x, jax.random.key(8), **kw))
+        moved = np.abs(np.asarray(a) - np.asarray(x)).mean(axis=(1, 2, 3))
+        assert np.all(moved > 1e-3) and len(np.unique(moved)) == 8, kw
+
+
+def test_shear_and_elastic_leave_the_other_draws_as_they_were():
+    """Their keys are folded in, so turning them off reproduces earlier runs exactly."""
+    x = jax.random.uniform(jax.random.key(9), (4, 8, 8, 1))
+    key = jax.random.key(10)
+    k_rot, k_zoom, k_shift, _ = jax.random.split(key, 4)
+    angle = jnp.deg2rad(jax.random.uniform(k_rot, (4,), minval=-15.0, maxval=15.0))
+    scale = jax.random.uniform(k_zoom, (4,), minval=0.9, maxval=1.1)
+    offset = jax.random.uniform(k_shift, (4, 2), minval=-0.1, maxval=0.1) * 8
+    out = augment.random_affine(x, key, rotation_deg=15.0, zoom=0.1, shift=0.1)
+    np.testing.assert_allclose(out, augment.affine(x, angle, scale, offset), atol=1e-6)

@@ -121,6 +121,10 @@ def test_bad_training_data_fails_cleanly_and_damages_nothing(
         ("--config.model=vgg", ["config.model: expected one of ['cnn', 'resnet', 'seed', "
                                 "'strided_cnn'], got 'vgg'"]),
         ("--config.schedule=zigzag", ["config.schedule: expected 'constant'", "'zigzag'"]),
+        ("--config.augment.shear_deg=-5", ["config.augment.shear_deg: expected a number >= 0, "
+                                           "got -5.0"]),
+        ("--config.augment.elastic_sigma=0", ["config.augment.elastic_sigma: expected a number "
+                                              "> 0, got 0.0"]),
         ("--config.no_such_field=1", ["no config field 'no_such_field'"]),
         ("--config.learning_rate=0.01", ["this workdir holds a run with a different config",
                                          "config.learning_rate"]),
