@@ -286,12 +286,23 @@ RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_di
                      "decode_workers")
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
     saved_path = workdir / "config.json"
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text())
-    now = json.loads(config.to_json())
+    saved = _flatten(json.loads(saved_path.read_text()))
+    now = _flatten(json.loads(config.to_json()))
     changed = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

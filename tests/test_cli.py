@@ -128,6 +128,7 @@ def test_bad_training_data_fails_cleanly_and_damages_nothing(
         ("--config.no_such_field=1", ["no config field 'no_such_field'"]),
         ("--config.learning_rate=0.01", ["this workdir holds a run with a different config",
                                          "config.learning_rate"]),
+        ("--config.augment.zoom=0.2", ["a different config (fields config.augment.zoom)"]),
     ],
 )
 def test_bad_config_fails_cleanly_and_damages_nothing(trained_workdir, flag, fragments):
