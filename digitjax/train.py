@@ -285,6 +285,11 @@ RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_di
                      "eval_batch_size", "parallelism", "shard_params", "tta_shifts",
                      "decode_workers")
 
+# Fields added after runs were made, each at the value that reproduces those runs: a
+# saved config without the field was trained as if it had this value.
+ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
+                "augment.elastic_sigma": 4.0}
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
     """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole."""
@@ -301,7 +306,7 @@ def _check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
     saved_path = workdir / "config.json"
     if not saved_path.is_file():
         return
-    saved = _flatten(json.loads(saved_path.read_text()))
+    saved = {**ADDED_FIELDS, **_flatten(json.loads(saved_path.read_text()))}
     now = _flatten(json.loads(config.to_json()))
     changed = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)

@@ -1,4 +1,5 @@
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 from configs import default, seed
 from digitjax import checkpoint, train
 from digitjax.data import load_train
+from digitjax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +184,16 @@ def test_ema_state_survives_donated_steps(digits_dir):
     for _ in range(2):
         state, metrics = step(state, images, labels)
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+
+
+def test_a_run_saved_before_the_newer_fields_resumes_unless_they_change(tmp_path):
+    config = default.get_config()
+    saved = json.loads(config.to_json())
+    for field in train.ADDED_FIELDS:
+        group, name = field.split(".")
+        del saved[group][name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train._check_same_run(tmp_path, config)  # the defaults reproduce the older run
+    config.augment.shear_deg = 5.0
+    with pytest.raises(UserError, match=r"\(fields config.augment.shear_deg\)"):
+        train._check_same_run(tmp_path, config)
