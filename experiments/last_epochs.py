@@ -1,0 +1,57 @@
+"""Validation accuracy of an ensemble's last epochs: the members' final checkpoints,
+averaged, with nothing chosen on the validation split. The best-checkpoint numbers
+pick each member's epoch on that split, so they lean optimistic; this one does not.
+
+    python experiments/last_epochs.py runs/recipes/ensemble/s0 runs/recipes/ensemble/s1 ...
+
+`recipes.py ensemble` reports it as its last row.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import markdown_table, write_results
+
+
+def last_epoch_probs(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(validation probabilities of the last checkpoint, validation labels)."""
+    from configs import best
+    from digitjax import checkpoint, predict, transforms
+    from digitjax.data import load_train
+
+    config = predict.saved_config(workdir, best.get_config())
+    state, meta = predict.restore_best(config, workdir, checkpoint.LATEST)
+    data = load_train(config, workdir / "cache")
+    _, val = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
+    probs = predict.predict_probs(state, data.images[val], config, meta["normalization"],
+                                  tta_shifts=())
+    return probs, data.labels[val]
+
+
+def last_epoch_ensemble(members: list[Path]) -> float:
+    """Validation accuracy of the mean probabilities of the members' last epochs."""
+    probs, labels = zip(*(last_epoch_probs(Path(w)) for w in members), strict=True)
+    if any(not np.array_equal(x, labels[0]) for x in labels):
+        raise SystemExit("the members were validated on different splits")
+    return float(np.mean(np.mean(probs, 0).argmax(1) == labels[0]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workdirs", nargs="+", type=Path)
+    a = ap.parse_args()
+    rows = []
+    for w in a.workdirs:
+        probs, labels = last_epoch_probs(w)
+        rows.append({"run": str(w), "last_val": float(np.mean(probs.argmax(1) == labels))})
+    rows.append({"run": "mean probabilities", "last_val": last_epoch_ensemble(a.workdirs)})
+    write_results("ensemble_last_epochs", "Ensemble of the members' last epochs",
+                  markdown_table(rows, ["run", "last_val"]),
+                  "python experiments/last_epochs.py " + " ".join(map(str, a.workdirs)))
+
+
+if __name__ == "__main__":
+    main()
