@@ -31,6 +31,19 @@ def step_config(model: str, batch_size: int = 128):
     return config
 
 
+def validation_split(workdir: Path):
+    """(config, data, rows): a trained workdir's saved config, its training data, and
+    the rows of that data its validation split holds."""
+    from configs import default
+    from digitjax import predict, transforms
+    from digitjax.data import load_train
+
+    config = predict.saved_config(workdir, default.get_config())
+    data = load_train(config, Path(workdir) / "cache")
+    _, rows = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
+    return config, data, rows
+
+
 def run_main(*args: str) -> float:
     """Runs `python -m digitjax.main ARGS`, streaming its output; returns wall seconds."""
     start = time.perf_counter()

@@ -13,19 +13,15 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import markdown_table, write_results
+from common import markdown_table, validation_split, write_results
 
 
 def last_epoch_probs(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(validation probabilities of the last checkpoint, validation labels)."""
-    from configs import best
-    from digitjax import checkpoint, predict, transforms
-    from digitjax.data import load_train
+    from digitjax import checkpoint, predict
 
-    config = predict.saved_config(workdir, best.get_config())
+    config, data, val = validation_split(workdir)
     state, meta = predict.restore_best(config, workdir, checkpoint.LATEST)
-    data = load_train(config, workdir / "cache")
-    _, val = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
     probs = predict.predict_probs(state, data.images[val], config, meta["normalization"],
                                   tta_shifts=())
     return probs, data.labels[val]
