@@ -39,11 +39,14 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
-def restore_best(config: ml_collections.ConfigDict, workdir: str | Path, kind: str = ""):
-    """(state, meta) of the best checkpoint in `workdir` (the latest if none is marked
-    best), or of the checkpoint `kind` (checkpoint.LATEST or checkpoint.BEST) when given."""
-    if not kind:
-        kind = checkpoint.BEST if checkpoint.exists(workdir, checkpoint.BEST) else checkpoint.LATEST
+def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
+    """(state, meta) of the best checkpoint in `workdir` (the latest if none is marked best)."""
+    kind = checkpoint.BEST if checkpoint.exists(workdir, checkpoint.BEST) else checkpoint.LATEST
+    return restore_checkpoint(config, workdir, kind)
+
+
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, kind: str):
+    """(state, meta) of the checkpoint `kind` (checkpoint.LATEST or checkpoint.BEST)."""
     meta = checkpoint.read_meta(workdir, kind)
     if meta is None:
         raise UserError(f"{workdir}: no checkpoint to predict with (train first)")

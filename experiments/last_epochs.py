@@ -21,29 +21,28 @@ def last_epoch_probs(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     from digitjax import checkpoint, predict
 
     config, data, val = validation_split(workdir)
-    state, meta = predict.restore_best(config, workdir, checkpoint.LATEST)
+    state, meta = predict.restore_checkpoint(config, workdir, checkpoint.LATEST)
     probs = predict.predict_probs(state, data.images[val], config, meta["normalization"],
                                   tta_shifts=())
     return probs, data.labels[val]
 
 
-def last_epoch_ensemble(members: list[Path]) -> float:
-    """Validation accuracy of the mean probabilities of the members' last epochs."""
+def last_epoch_results(members: list[Path]) -> tuple[list[float], float]:
+    """Validation accuracy of each member's last epoch, and of their mean probabilities."""
     probs, labels = zip(*(last_epoch_probs(Path(w)) for w in members), strict=True)
     if any(not np.array_equal(x, labels[0]) for x in labels):
         raise SystemExit("the members were validated on different splits")
-    return float(np.mean(np.mean(probs, 0).argmax(1) == labels[0]))
+    accuracy = [float(np.mean(p.argmax(1) == labels[0])) for p in probs]
+    return accuracy, float(np.mean(np.mean(probs, 0).argmax(1) == labels[0]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("workdirs", nargs="+", type=Path)
     a = ap.parse_args()
-    rows = []
-    for w in a.workdirs:
-        probs, labels = last_epoch_probs(w)
-        rows.append({"run": str(w), "last_val": float(np.mean(probs.argmax(1) == labels))})
-    rows.append({"run": "mean probabilities", "last_val": last_epoch_ensemble(a.workdirs)})
+    members, ensemble = last_epoch_results(a.workdirs)
+    rows = [{"run": str(w), "last_val": acc} for w, acc in zip(a.workdirs, members, strict=True)]
+    rows.append({"run": "mean probabilities", "last_val": ensemble})
     write_results("ensemble_last_epochs", "Ensemble of the members' last epochs",
                   markdown_table(rows, ["run", "last_val"]),
                   "python experiments/last_epochs.py " + " ".join(map(str, a.workdirs)))
