@@ -2,7 +2,7 @@
 
 Each example gets its own random rotation, zoom, shift, shear and elastic
 distortion drawn from the step's key, so the same key gives the same images on any
-device layout (draws are made for the global batch). Geometry is one inverse-mapped
+device layout (draws are made for the global batch under jit). Geometry is one inverse-mapped
 warp (affine, plus the elastic field when on) with bilinear sampling and zero fill.
 """
 
@@ -12,13 +12,12 @@ import jax
 import jax.numpy as jnp
 
 
-def random_affine(
+def random_augment(
     images: jax.Array,
     key: jax.Array,
     rotation_deg: float = 0.0,
     zoom: float = 0.0,
     shift: float = 0.0,
-    part: tuple[jax.Array, int] | None = None,
     flip_horizontal: bool = False,
     shear_deg: float = 0.0,
     elastic_alpha: float = 0.0,
@@ -30,20 +29,16 @@ def random_affine(
     uniform noise in [-1, 1] blurred by a Gaussian of `elastic_sigma` pixels, times
     `elastic_alpha` pixels), and optionally mirrors half of them left-right.
 
-    `part=(index, count)` says this batch is part `index` of `count` equal parts of
-    a global batch (pmap): the draws are made for the whole and sliced, so each
-    example gets what it would get unsplit.
+    The keyword arguments are `config.augment`'s fields.
     """
     b, h, w, _ = images.shape
-    index, count = part if part is not None else (0, 1)
     k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
     # Shear and elastic keys are folded in, not split: the other draws, and so every
     # run made before these options existed, stay as they were.
     k_shear, k_elastic = jax.random.fold_in(key, 4), jax.random.fold_in(key, 5)
 
     def draw(k, shape, low, high):
-        values = jax.random.uniform(k, (b * count, *shape), minval=low, maxval=high)
-        return jax.lax.dynamic_slice_in_dim(values, index * b, b)
+        return jax.random.uniform(k, (b, *shape), minval=low, maxval=high)
 
     angle = jnp.deg2rad(draw(k_rot, (), -rotation_deg, rotation_deg))
     scale = draw(k_zoom, (), 1.0 - zoom, 1.0 + zoom)

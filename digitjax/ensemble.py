@@ -40,8 +40,8 @@ def ensemble(workdirs: list[Path], out_dir: Path) -> dict:
     probs = np.mean([np.load(w / "test_probs.npy") for w in workdirs], axis=0)
     data = Dataset(images=np.zeros((len(ids[0]), 1, 1, 1), np.uint8), labels=None, ids=ids[0],
                    class_names=classes[0], source="ensemble",
-                   pixel_table=(workdirs[0] / "submission.csv").is_file())
-    write_predictions(out_dir, data, probs, classes[0], submission=data.pixel_table)
+                   writes_submission=(workdirs[0] / "submission.csv").is_file())
+    write_predictions(out_dir, data, probs, classes[0], submission=data.writes_submission)
     report = {"members": [str(w) for w in workdirs]}
     if all((w / "val_probs.npy").is_file() for w in workdirs):
         labels = [np.load(w / "val_labels.npy") for w in workdirs]

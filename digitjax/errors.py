@@ -7,3 +7,7 @@ class UserError(Exception):
     `main` prints the message alone (no traceback) and exits non-zero, so the
     message must name the file, row, column or config field and what was expected.
     """
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; nothing after the last good checkpoint is saved."""

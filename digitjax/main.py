@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from digitjax import parallel, predict, train
+from digitjax import console, loop, parallel, predict
 from digitjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -44,23 +44,23 @@ def run(argv: list[str]) -> None:
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MODE.value == "train":
-        result = train.train_and_evaluate(config, workdir, _STOP_AFTER.value)
+        result = loop.train_and_evaluate(config, workdir, _STOP_AFTER.value)
         if result["epoch"] < config.num_epochs:
-            train.log(f"stopped after epoch {result['epoch']}; run again to resume")
+            console.log(f"stopped after epoch {result['epoch']}; run again to resume")
             return
         best = predict.restore_best(config, workdir)
         report = predict.validation_report(config, workdir, best)
         if report:
-            train.log("best checkpoint: " + ", ".join(
+            console.log("best checkpoint: " + ", ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
         for path in predict.predict_test_set(config, workdir, best):
-            train.log(f"wrote {path}")
+            console.log(f"wrote {path}")
     else:
         if not _INPUT.value:
             raise UserError("--input: expected the images to predict with --mode=predict")
         for path in predict.predict_path(config, workdir, _INPUT.value,
                                          _OUTPUT_DIR.value or workdir):
-            train.log(f"wrote {path}")
+            console.log(f"wrote {path}")
 
 
 def main(argv: list[str]) -> None:

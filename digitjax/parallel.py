@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -102,28 +101,3 @@ def to_host(x: jax.Array) -> np.ndarray:
 def is_writer() -> bool:
     """Process 0 alone writes metrics, submissions and predictions."""
     return jax.process_index() == 0
-
-
-# The pmap path (config.parallelism = "pmap"): one process, a leading device axis.
-
-
-PMAP_AXIS = "batch"
-
-
-def pmap_replicate(tree):
-    """A copy of `tree` per local device, stacked on a new leading axis and placed
-    the way pmap expects its inputs (one slice per device)."""
-    devices = jax.local_devices()
-    sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
-    return jax.tree.map(
-        lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), sharding), tree)
-
-
-def pmap_unreplicate(tree):
-    return jax.tree.map(lambda x: x[0], tree)
-
-
-def pmap_split(local: np.ndarray) -> np.ndarray:
-    """(batch, ...) -> (devices, batch / devices, ...)."""
-    n = jax.local_device_count()
-    return local.reshape(n, local.shape[0] // n, *local.shape[1:])

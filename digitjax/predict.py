@@ -3,7 +3,6 @@ images, written as predictions.csv (and submission.csv for the competition)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -13,30 +12,10 @@ import pandas as pd
 
 from digitjax import augment, checkpoint, files, parallel, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
+from digitjax.data.sampling import padded_batches, stratified_split
 from digitjax.errors import UserError
-from digitjax.train import TrainState, apply_model, create_train_state, preprocess
-
-
-def saved_config(workdir: Path, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (the architecture its checkpoint needs),
-    over `defaults` for fields added since."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        return defaults
-
-    def merge(base: dict, saved: dict) -> dict:
-        for k, v in saved.items():
-            if isinstance(v, dict) and isinstance(base.get(k), dict):
-                merge(base[k], v)
-            else:  # JSON has no tuples; the config's tuple fields want them back
-                base[k] = _tuples(v) if isinstance(v, list) else v
-        return base
-
-    return ml_collections.ConfigDict(merge(defaults.to_dict(), json.loads(path.read_text())))
-
-
-def _tuples(v):
-    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+from digitjax.train import TrainState, apply_model, create_train_state
+from digitjax.workdir import saved_config
 
 
 def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
@@ -62,7 +41,7 @@ def predict_probs(state: TrainState, images: np.ndarray, config, norm,
     """(N, classes) float32 softmax probabilities of uint8 NHWC `images`, averaged
     over the test-time shifts (`config.tta_shifts` unless given)."""
     mesh = parallel.data_mesh()
-    to_float = preprocess(config, norm)
+    to_float = transforms.to_float(norm)
     shifts = [tuple(s) for s in (config.tta_shifts if tta_shifts is None else tta_shifts)]
 
     def probs(s, x):
@@ -72,7 +51,7 @@ def predict_probs(state: TrainState, images: np.ndarray, config, norm,
         return sum(jax.nn.softmax(apply_model(s, v)) for v in views) / len(views)
 
     probs_fn = jax.jit(probs)
-    batches, masks = transforms.padded_batches(len(images), config.eval_batch_size)
+    batches, masks = padded_batches(len(images), config.eval_batch_size)
     rows = parallel.process_rows(config.eval_batch_size)
     out = [parallel.to_host(probs_fn(state, parallel.global_array(images[b[rows]], mesh)))
            for b in batches]
@@ -108,7 +87,8 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(workdir, data, probs, meta["class_names"], data.pixel_table)
+    return write_predictions(workdir, data, probs, meta["class_names"],
+                             data.writes_submission)
 
 
 def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -118,7 +98,7 @@ def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
     workdir = Path(workdir)
     state, meta = restored or restore_best(config, workdir)
     data = load_train(config, workdir / "cache")
-    _, val_idx = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
+    _, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
     if not len(val_idx):
         return {}
     images, labels = data.images[val_idx], data.labels[val_idx]
@@ -145,4 +125,5 @@ def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_p
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"])
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(Path(out_dir), data, probs, meta["class_names"], data.pixel_table)
+    return write_predictions(Path(out_dir), data, probs, meta["class_names"],
+                             data.writes_submission)

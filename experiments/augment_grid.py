@@ -41,7 +41,7 @@ def main() -> None:
     images = transforms.scale(table.pixels[: a.cols].reshape(-1, 28, 28, 1))
     rows = [images]
     for step in range(1, a.rows):
-        rows.append(np.asarray(augment.random_affine(images, jax.random.key(step), **aug)))
+        rows.append(np.asarray(augment.random_augment(images, jax.random.key(step), **aug)))
     grid = np.concatenate([np.concatenate(list(r[..., 0]), axis=1) for r in rows], axis=0)
     Image.fromarray((grid * 255).astype(np.uint8)).resize(
         (grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(a.out)

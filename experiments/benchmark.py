@@ -65,11 +65,11 @@ def worker_digitjax(model: str) -> dict:
     import jax
     from common import step_config
 
-    from digitjax import train
+    from digitjax import loop, train
 
     config = step_config(model, BATCH)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
-    train_fn = train.make_train_fn(config, None)
+    train_fn = loop.make_train_fn(config, None)
     x, y = digits()
     xd, yd = jax.device_put(x), jax.device_put(y)
     holder = {"state": state}
@@ -214,7 +214,7 @@ def available(framework: str) -> bool:
 
 
 def measure(framework: str, model: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, __file__, "--worker", framework, model],
                           capture_output=True, text=True, env=env, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -260,7 +260,7 @@ def data_path() -> list[tuple[str, float]]:
         subprocess.run([sys.executable, "-m", "digitjax.main", "--config", "configs/default.py",
                         f"--workdir={tmp}/run", f"--config.data_dir={DATA / 'digit-recognizer'}",
                         "--config.num_epochs=1"], cwd=REPO, check=True, capture_output=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+                       env=dict(os.environ))
         wall = time.perf_counter() - start
         epoch = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text())["seconds"]
         rows.append(("main, default config: 1 epoch of 37,800 images (train loop)", epoch))
@@ -271,7 +271,7 @@ def data_path() -> list[tuple[str, float]]:
 
 def _seconds(code: str) -> float:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                         check=True, cwd=REPO)
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -11,15 +11,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-if str(REPO) not in sys.path:  # configs/ and digitjax/ from a checkout
-    sys.path.insert(0, str(REPO))
 
 
 def step_config(model: str, batch_size: int = 128):
     """The config the speed scripts time `model` under: "seed", "flax_example" (the
     Flax MNIST example: the default CNN without batch norm or dropout) or a name in
     digitjax.models.MODELS; augmentation off, so only the network is timed."""
-    from configs import default, seed
+    from digitjax.configs import default, seed
 
     config = seed.get_config() if model == "seed" else default.get_config()
     if model == "flax_example":
@@ -34,13 +32,14 @@ def step_config(model: str, batch_size: int = 128):
 def validation_split(workdir: Path):
     """(config, data, rows): a trained workdir's saved config, its training data, and
     the rows of that data its validation split holds."""
-    from configs import default
-    from digitjax import predict, transforms
+    from digitjax import workdir as runs
+    from digitjax.configs import default
     from digitjax.data import load_train
+    from digitjax.data.sampling import stratified_split
 
-    config = predict.saved_config(workdir, default.get_config())
+    config = runs.saved_config(workdir, default.get_config())
     data = load_train(config, Path(workdir) / "cache")
-    _, rows = transforms.stratified_split(data.labels, config.val_fraction, config.split_seed)
+    _, rows = stratified_split(data.labels, config.val_fraction, config.split_seed)
     return config, data, rows
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from common import step_config
 from jax.profiler import ProfileData
 
-from digitjax import train
+from digitjax import loop, train
 
 
 def fusion_summary(hlo: str, name: str) -> str:
@@ -43,7 +43,7 @@ def main() -> None:
     a = ap.parse_args()
     config = step_config(a.model)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
-    step = train.make_train_fn(config, None)
+    step = loop.make_train_fn(config, None)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), np.uint8))
     y = jnp.zeros((128,), jnp.int32)
     for _ in range(5):

@@ -34,16 +34,15 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
 WORKER = r'''
 import json, statistics, sys, time
 import jax, jax.numpy as jnp, numpy as np
-sys.path.insert(0, "experiments")
 from common import step_config
-from digitjax import train
+from digitjax import loop, train
 opts = json.loads(sys.argv[1]); model = sys.argv[2]
 if opts.get("plain_conv"):
-    import digitjax.models.cnn
-    digitjax.models.cnn.space_to_depth_conv = jax.lax.conv_general_dilated
+    import digitjax.models.strided_cnn
+    digitjax.models.strided_cnn.space_to_depth_conv = jax.lax.conv_general_dilated
 config = step_config(model, opts.get("batch_size", 128))
 state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
-fn = train.make_train_fn(config, None)
+fn = loop.make_train_fn(config, None)
 b, k = config.batch_size, opts.get("scan", 1)
 x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (k, b, 28, 28, 1), np.uint8))
 y = jnp.zeros((k, b), jnp.int32)
@@ -69,11 +68,11 @@ print("RESULT", statistics.median(rates))
 
 
 def run(flags: str, opts: dict, model: str) -> float:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
     env.update(opts.get("env", {}))
     out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(opts), model], env=env,
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO / "experiments", capture_output=True, text=True)
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
     if not lines:
         return float("nan")  # an option this jaxlib rejects

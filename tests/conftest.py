@@ -46,7 +46,7 @@ def digits_dir(shared_data, tmp_path_factory) -> Path:
 
 def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python -m digitjax.main ARGS` in a subprocess, as a user would run it."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "digitjax.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 

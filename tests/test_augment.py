@@ -13,7 +13,7 @@ def digits(n=4):
 
 def test_zero_strength_is_the_identity():
     x = digits()
-    out = augment.random_affine(x, jax.random.key(0))
+    out = augment.random_augment(x, jax.random.key(0))
     np.testing.assert_allclose(out, x, atol=1e-6)
 
 
@@ -28,28 +28,17 @@ def test_integer_shift_moves_pixels_exactly():
 def test_same_key_same_images_other_key_other_images():
     x = digits(8)
     kw = dict(rotation_deg=15.0, zoom=0.1, shift=0.1)
-    a = augment.random_affine(x, jax.random.key(1), **kw)
-    b = augment.random_affine(x, jax.random.key(1), **kw)
-    c = augment.random_affine(x, jax.random.key(2), **kw)
+    a = augment.random_augment(x, jax.random.key(1), **kw)
+    b = augment.random_augment(x, jax.random.key(1), **kw)
+    c = augment.random_augment(x, jax.random.key(2), **kw)
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
     assert not np.allclose(a[0], a[1])  # per-example randomness
 
 
-def test_parts_of_a_batch_get_what_the_whole_gets():
-    """pmap draws for the global batch and slices: the same images as unsplit."""
-    x = jax.random.uniform(jax.random.key(3), (8, 8, 8, 1))
-    kw = dict(rotation_deg=15.0, zoom=0.1, shift=0.1, flip_horizontal=True, shear_deg=10.0,
-              elastic_alpha=20.0, elastic_sigma=3.0)
-    whole = augment.random_affine(x, jax.random.key(4), **kw)
-    parts = [augment.random_affine(x[i * 2:(i + 1) * 2], jax.random.key(4), part=(i, 4), **kw)
-             for i in range(4)]
-    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
-
-
 def test_flip_mirrors_about_half():
     x = jnp.tile(jnp.arange(8.0)[None, None, :, None], (64, 8, 1, 1))
-    out = augment.random_affine(x, jax.random.key(5), flip_horizontal=True)
+    out = augment.random_augment(x, jax.random.key(5), flip_horizontal=True)
     flipped = np.all(np.asarray(out) == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3))
     kept = np.all(np.asarray(out) == np.asarray(x), axis=(1, 2, 3))
     assert np.all(flipped | kept) and 16 < flipped.sum() < 48
@@ -90,9 +79,9 @@ def test_gaussian_blur_keeps_a_constant_inside_and_spreads_a_point_as_a_gaussian
 def test_shear_and_elastic_are_random_per_example_and_repeatable():
     x = jax.random.uniform(jax.random.key(6), (8, 12, 12, 1))
     for kw in (dict(shear_deg=20.0), dict(elastic_alpha=30.0, elastic_sigma=3.0)):
-        a = augment.random_affine(x, jax.random.key(7), **kw)
-        assert np.array_equal(a, augment.random_affine(x, jax.random.key(7), **kw))
-        assert not np.allclose(a, augment.random_affine(x, jax.random.key(8), **kw))
+        a = augment.random_augment(x, jax.random.key(7), **kw)
+        assert np.array_equal(a, augment.random_augment(x, jax.random.key(7), **kw))
+        assert not np.allclose(a, augment.random_augment(x, jax.random.key(8), **kw))
         moved = np.abs(np.asarray(a) - np.asarray(x)).mean(axis=(1, 2, 3))
         assert np.all(moved > 1e-3) and len(np.unique(moved)) == 8, kw
 
@@ -105,5 +94,5 @@ def test_shear_and_elastic_leave_the_other_draws_as_they_were():
     angle = jnp.deg2rad(jax.random.uniform(k_rot, (4,), minval=-15.0, maxval=15.0))
     scale = jax.random.uniform(k_zoom, (4,), minval=0.9, maxval=1.1)
     offset = jax.random.uniform(k_shift, (4, 2), minval=-0.1, maxval=0.1) * 8
-    out = augment.random_affine(x, key, rotation_deg=15.0, zoom=0.1, shift=0.1)
+    out = augment.random_augment(x, key, rotation_deg=15.0, zoom=0.1, shift=0.1)
     np.testing.assert_allclose(out, augment.affine(x, angle, scale, offset), atol=1e-6)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from configs import default
 from digitjax import data
+from digitjax.configs import default
 from digitjax.data import images
 from digitjax.errors import UserError
 from tests.conftest import run_main

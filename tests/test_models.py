@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from configs import default, seed
 from digitjax import cpu_flags
+from digitjax.configs import default, seed
 from digitjax.errors import UserError
 from digitjax.models import create_model
 from digitjax.models.conv import space_to_depth_conv
@@ -43,7 +43,7 @@ def test_default_cnn_parameter_count():
 def test_unknown_model_is_named():
     config = default.get_config()
     config.model = "vgg"
-    names = r"\['cnn', 'resnet', 'seed', 'strided_cnn'\]"
+    names = r"\['cnn', 'resnet', 'seed_cnn', 'strided_cnn'\]"
     with pytest.raises(UserError, match=r"config.model: expected one of " + names):
         create_model(config, 10)
 

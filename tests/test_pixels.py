@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from configs import default
 from digitjax import data
+from digitjax.configs import default
 from digitjax.data.pixels import read_pixel_csv
 from digitjax.errors import UserError
 

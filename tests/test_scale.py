@@ -1,4 +1,4 @@
-"""Data parallelism on CPU: 8 fake devices (jit and pmap) and two jax.distributed
+"""Data parallelism on CPU: 8 fake devices (replicated and sharded) and two jax.distributed
 processes on localhost must end with the single-device parameters."""
 
 import json
@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import seed
 from digitjax import checkpoint, train
+from digitjax.configs import seed
 from tests.conftest import REPO, run_main
 
 # The seed model (no batch statistics, no dropout) with augmentation switched on,
@@ -63,8 +63,7 @@ def assert_same_params(workdir, single):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("flags", [["--config.parallelism=jit"], ["--config.parallelism=pmap"],
-                                   ["--config.shard_params=true"]])
+@pytest.mark.parametrize("flags", [[], ["--config.shard_params=true"]])
 def test_eight_devices_match_one(single, digits_dir, tmp_path, flags):
     proc = run(tmp_path, digits_dir, *flags, env=devices_env(8))
     assert proc.returncode == 0, proc.stderr
@@ -73,7 +72,7 @@ def test_eight_devices_match_one(single, digits_dir, tmp_path, flags):
 
 def test_sharded_parameters_are_split_over_the_devices():
     code = ("import jax\n"
-            "from configs import seed\n"
+            "from digitjax.configs import seed\n"
             "from digitjax import parallel, train\n"
             "c = seed.get_config()\n"
             "s = parallel.init_state(lambda: train.create_train_state(c, jax.random.key(0), "
@@ -81,7 +80,7 @@ def test_sharded_parameters_are_split_over_the_devices():
             "k = s.params['Dense_0']['kernel']\n"
             "print(k.shape, k.addressable_shards[0].data.shape, "
             "s.opt_state[0].mu['Dense_0']['kernel'].addressable_shards[0].data.shape)\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO), **devices_env(8))
+    env = dict(os.environ, **devices_env(8))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(21632,", "10)", "(2704,", "10)", "(2704,", "10)"]
@@ -102,7 +101,7 @@ def free_port() -> int:
 def run_two_processes(workdir, digits_dir, *extra):
     """Two jax.distributed processes with 2 CPU devices each, on localhost."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), **devices_env(2))
+    env = dict(os.environ, **devices_env(2))
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "digitjax.main", *FLAGS, f"--workdir={workdir}",

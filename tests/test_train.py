@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default, seed
-from digitjax import checkpoint, train
+from digitjax import checkpoint, loop, train, workdir
+from digitjax.configs import default, seed
 from digitjax.data import load_train
 from digitjax.errors import UserError
 
@@ -109,7 +109,7 @@ class Interrupted(Exception):
 
 def test_resume_ends_with_the_same_parameters(digits_dir, tmp_path, monkeypatch):
     """Two epochs straight == the same command killed after epoch 1 and run again."""
-    straight = train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "a")
+    straight = loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "a")
 
     real_save = checkpoint.save
 
@@ -119,10 +119,10 @@ def test_resume_ends_with_the_same_parameters(digits_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(checkpoint, "save", save_then_crash)
     with pytest.raises(Interrupted):
-        train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
+        loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
     monkeypatch.setattr(checkpoint, "save", real_save)
     assert checkpoint.read_meta(tmp_path / "b")["epoch"] == 1
-    resumed = train.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
+    resumed = loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
     assert straight["val_accuracy"] == resumed["val_accuracy"]
     a, meta_a = params_of(tmp_path / "a", small_run_config(digits_dir, 2))
     b, meta_b = params_of(tmp_path / "b", small_run_config(digits_dir, 2))
@@ -136,9 +136,9 @@ def test_resume_ends_with_the_same_parameters(digits_dir, tmp_path, monkeypatch)
 
 def test_finished_run_is_not_retrained(digits_dir, tmp_path):
     config = small_run_config(digits_dir, 1)
-    first = train.train_and_evaluate(config, tmp_path)
+    first = loop.train_and_evaluate(config, tmp_path)
     stamp = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
-    again = train.train_and_evaluate(config, tmp_path)
+    again = loop.train_and_evaluate(config, tmp_path)
     assert again == first and again["epoch"] == 1
     assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == stamp
 
@@ -178,7 +178,7 @@ def test_ema_state_survives_donated_steps(digits_dir):
     mesh = parallel.data_mesh()
     state = parallel.init_state(
         lambda: train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 5), mesh)
-    step = train.make_train_fn(config, None, jax.tree.map(lambda x: x.sharding, state))
+    step = loop.make_train_fn(config, None, jax.tree.map(lambda x: x.sharding, state))
     images = np.zeros((64, 28, 28, 1), np.uint8)
     labels = np.zeros(64, np.int32)
     for _ in range(2):
@@ -189,11 +189,11 @@ def test_ema_state_survives_donated_steps(digits_dir):
 def test_a_run_saved_before_the_newer_fields_resumes_unless_they_change(tmp_path):
     config = default.get_config()
     saved = json.loads(config.to_json())
-    for field in train.ADDED_FIELDS:
+    for field in workdir.ADDED_FIELDS:
         group, name = field.split(".")
         del saved[group][name]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    train._check_same_run(tmp_path, config)  # the defaults reproduce the older run
+    workdir.check_same_run(tmp_path, config)  # the defaults reproduce the older run
     config.augment.shear_deg = 5.0
     with pytest.raises(UserError, match=r"\(fields config.augment.shear_deg\)"):
-        train._check_same_run(tmp_path, config)
+        workdir.check_same_run(tmp_path, config)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from digitjax import transforms
+from digitjax.data import sampling
 from digitjax.errors import UserError
 
 
@@ -37,38 +38,38 @@ def test_scale_and_standardize():
 
 def test_stratified_split_keeps_class_shares():
     labels = np.repeat(np.arange(3), [100, 50, 10])
-    train, val = transforms.stratified_split(labels, 0.2, seed=1)
+    train, val = sampling.stratified_split(labels, 0.2, seed=1)
     assert np.bincount(labels[val]).tolist() == [20, 10, 2]
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 160
-    again = transforms.stratified_split(labels, 0.2, seed=1)
+    again = sampling.stratified_split(labels, 0.2, seed=1)
     assert np.array_equal(val, again[1])
-    other = transforms.stratified_split(labels, 0.2, seed=2)
+    other = sampling.stratified_split(labels, 0.2, seed=2)
     assert not np.array_equal(val, other[1])
 
 
 def test_split_zero_trains_on_everything():
-    train, val = transforms.stratified_split(np.zeros(7, int), 0.0, seed=0)
+    train, val = sampling.stratified_split(np.zeros(7, int), 0.0, seed=0)
     assert train.tolist() == list(range(7)) and val.size == 0
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     idx = np.arange(100)
-    a = transforms.epoch_order(idx, seed=3, epoch=2)
-    assert np.array_equal(a, transforms.epoch_order(idx, seed=3, epoch=2))
-    assert not np.array_equal(a, transforms.epoch_order(idx, seed=3, epoch=3))
-    assert not np.array_equal(a, transforms.epoch_order(idx, seed=4, epoch=2))
+    a = sampling.epoch_order(idx, seed=3, epoch=2)
+    assert np.array_equal(a, sampling.epoch_order(idx, seed=3, epoch=2))
+    assert not np.array_equal(a, sampling.epoch_order(idx, seed=3, epoch=3))
+    assert not np.array_equal(a, sampling.epoch_order(idx, seed=4, epoch=2))
     assert sorted(a.tolist()) == list(range(100))
 
 
 def test_epoch_batches_drop_the_tail():
-    batches = transforms.epoch_batches(np.arange(10, 20), 4, seed=0, epoch=1)
+    batches = sampling.epoch_batches(np.arange(10, 20), 4, seed=0, epoch=1)
     assert batches.shape == (2, 4)
     assert len(set(batches.ravel().tolist())) == 8
     assert set(batches.ravel().tolist()) <= set(range(10, 20))
 
 
 def test_padded_batches_cover_every_index_once():
-    idx, mask = transforms.padded_batches(7, 3)
+    idx, mask = sampling.padded_batches(7, 3)
     assert idx.shape == mask.shape == (3, 3)
     assert idx[mask].tolist() == list(range(7))
     assert mask.sum() == 7

@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from digitjax import transforms
+from digitjax import console, transforms
 from digitjax.data import embedded, images, pixels
 from digitjax.errors import UserError
 
@@ -27,7 +27,7 @@ class Dataset:
     ids: np.ndarray  # (N,) the id of each row in outputs
     class_names: list[str]  # label id -> name
     source: str  # where it came from, for messages
-    pixel_table: bool = True  # a Kaggle pixel CSV: predictions also go to submission.csv
+    writes_submission: bool = True  # a Kaggle pixel CSV: predictions also go to submission.csv
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -74,7 +74,7 @@ def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) 
         found = images.list_unlabelled(path)
         decoded, kept = images.decode_all(found, _decode_settings(config, shape), cache_dir)
         return Dataset(images=decoded, labels=None, ids=_stems(found, kept), class_names=[],
-                       source=str(path), pixel_table=False)
+                       source=str(path), writes_submission=False)
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
     return _from_table(table, config, shape=tuple(shape), labelled=False)
 
@@ -112,7 +112,7 @@ def _load_image_files(config, cache_dir) -> Dataset:
             root / config.labels_file, root / config.image_dir, config.id_column or "id",
             config.label_column, config.skip_bad_files)
         if skipped:
-            print(f"skipped {skipped} unmatched rows/files (config.skip_bad_files)")
+            console.log(f"skipped {skipped} unmatched rows/files (config.skip_bad_files)")
         source = f"{root / config.labels_file} + {root / config.image_dir}"
     decoded, kept = images.decode_all(paths, settings, cache_dir)
     return Dataset(
@@ -121,7 +121,7 @@ def _load_image_files(config, cache_dir) -> Dataset:
         ids=_stems(paths, kept),
         class_names=classes,
         source=source,
-        pixel_table=False,
+        writes_submission=False,
     )
 
 

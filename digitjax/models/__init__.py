@@ -1,35 +1,29 @@
-"""Models by name: `config.model` picks one from MODELS."""
+"""Models by name: `config.model` picks a class from MODELS, built with the keyword
+arguments in the config's field of the same name (`config.cnn`, `config.resnet`, ...).
+One file per model family."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import ml_collections
 
-from digitjax.errors import UserError
-from digitjax.models.cnn import CNN, ResNet, SeedCNN, StridedCNN
+from digitjax.models.cnn import CNN
+from digitjax.models.resnet import ResNet
+from digitjax.models.seed_cnn import SeedCNN
+from digitjax.models.strided_cnn import StridedCNN
+from digitjax.registry import lookup
 
-MODELS = {"seed": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "seed_cnn": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet}
+
+
+def _hashable(value):
+    """JSON and the command line give lists; flax module fields want tuples."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """Builds `config.model` with the settings its config fields give."""
-    if config.model not in MODELS:
-        raise UserError(f"config.model: expected one of {sorted(MODELS)}, got '{config.model}'")
-    if config.model == "seed":
-        return SeedCNN(num_classes=num_classes)
-    if config.model == "strided_cnn":
-        return StridedCNN(num_classes=num_classes, features=tuple(config.strided_cnn.features),
-                          head_features=config.strided_cnn.head_features,
-                          dropout=config.strided_cnn.dropout)
-    if config.model == "resnet":
-        return ResNet(num_classes=num_classes, features=tuple(config.resnet.features),
-                      blocks_per_stage=config.resnet.blocks_per_stage)
-    return CNN(
-        num_classes=num_classes,
-        features=tuple(config.cnn.features),
-        convs_per_stage=config.cnn.convs_per_stage,
-        kernel_size=config.cnn.kernel_size,
-        dense=config.cnn.dense,
-        dropout=config.cnn.dropout,
-        batch_norm=config.cnn.batch_norm,
-    )
+    """`MODELS[config.model](num_classes=..., **config[config.model])`."""
+    model = lookup(MODELS, config.model, "model")
+    kwargs = config.get(config.model) or {}
+    return model(num_classes=num_classes, **{k: _hashable(v) for k, v in kwargs.items()})

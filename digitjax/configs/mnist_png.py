@@ -3,7 +3,7 @@ them): the default recipe, fed from image files instead of the pixel CSV."""
 
 import ml_collections
 
-from configs import default
+from digitjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ photos (245 JPEGs of varied size, one GIF). Predict a folder of new photos with
 
 import ml_collections
 
-from configs import default
+from digitjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

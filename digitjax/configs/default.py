@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
     config.split_seed = 0  # Seeds the validation split alone: ensemble members share it.
     # Model.
-    config.model = "cnn"  # A name in digitjax.models.MODELS: "cnn" or "seed".
+    config.model = "cnn"  # A name in digitjax.models.MODELS; its kwargs are config.<model>.
+    config.seed_cnn = ml_collections.ConfigDict()  # model "seed_cnn": no settings.
     config.cnn = ml_collections.ConfigDict()
     config.cnn.features = (32, 64)  # Conv channels of each stage; each stage ends in 2x2 pooling.
     config.cnn.convs_per_stage = 1  # Convolutions per stage.
@@ -49,12 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 20  # Passes over the training split (~17 s each on a 2-core CPU).
     config.batch_size = 128  # Global batch (all devices); must divide by the device count.
     config.eval_batch_size = 1000  # Batch for validation and prediction.
-    config.optimizer = "adam"  # "adam", or "adamw" (decoupled weight decay).
+    config.optimizer = "adam"  # Any optax optimizer by name: "adam", "adamw", "sgd", "lion", ...
+    # Its keyword arguments besides the learning rate, e.g. "{'weight_decay': 1e-4}" (adamw).
+    config.optimizer_kwargs = ml_collections.ConfigDict()
     config.learning_rate = 3e-3  # Peak learning rate.
-    config.schedule = "warmup_cosine"  # "constant", "warmup_cosine", "onecycle", "exponential".
-    config.warmup_epochs = 1.0  # Linear warmup length (warmup_cosine).
-    config.decay_rate = 0.9  # Per-epoch factor (exponential).
-    config.weight_decay = 0.0  # adamw's decoupled weight decay.
+    # A name in digitjax.train.SCHEDULES: "constant", "warmup_cosine", "onecycle", "exponential".
+    config.schedule = "warmup_cosine"
+    # Its keyword arguments, in epochs: warmup_cosine {warmup_epochs}, exponential {decay_rate}.
+    config.schedule_kwargs = ml_collections.ConfigDict({"warmup_epochs": 1.0})
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
     config.ema_decay = 0.0  # Evaluate a moving average of the weights (warmed up); 0 = off.
@@ -72,7 +75,6 @@ def get_config() -> ml_collections.ConfigDict:
     # ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)); () predicts the images as they are.
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
-    config.parallelism = "jit"  # "jit": sharded over a device mesh; "pmap": the legacy path.
-    config.shard_params = False  # Split parameters and optimiser state over devices (jit only).
+    config.shard_params = False  # Split parameters and optimiser state over the devices (FSDP).
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
     return config

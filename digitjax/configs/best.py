@@ -3,7 +3,7 @@ on-device augmentation and warmup + cosine."""
 
 import ml_collections
 
-from configs import default
+from digitjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "strided_cnn"  # Two 3x3 convs + a strided 5x5 conv per stage, BN, dropout.
     config.num_epochs = 36  # ~48 s per epoch on a 2-core CPU: ~30 minutes with evaluation.
     config.learning_rate = 3e-3  # Peak of the warmup + cosine schedule.
-    config.warmup_epochs = 1.0  # Linear warmup.
+    config.schedule_kwargs.warmup_epochs = 1.0  # Linear warmup.
     # No weight average: with batch norm at this learning rate, a 0.999 average
     # drifted from the batch statistics and scored 9.6% for the first 3 epochs.
     # No test-time shifts: five one-pixel views cost 0.07 and 0.08 pp of validation

@@ -1,0 +1,136 @@
+"""What a workdir records about its run, and how a new invocation reads it back:
+the saved config (brought up to date from older layouts), whether a config may
+resume it, the metrics history, and the record stored beside each checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import ml_collections
+
+from digitjax.errors import UserError
+
+# Fields a resumed run may change: they do not alter what has been trained so far.
+RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
+                     "eval_batch_size", "shard_params", "tta_shifts", "decode_workers")
+
+# Fields added after runs were made, each at the value that reproduces those runs: a
+# saved config without the field was trained as if it had this value.
+ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
+                "augment.elastic_sigma": 4.0}
+
+# Model names that changed: the saved name -> today's (the parameters are the same).
+RENAMED_MODELS = {"seed": "seed_cnn"}
+
+
+def migrate(saved: dict) -> dict:
+    """A config.json written by an earlier digitjax, in today's layout.
+
+    Before the registries, the schedule and optimizer settings were top-level fields
+    (warmup_epochs, decay_rate, weight_decay) and `parallelism` chose jit or pmap;
+    each maps to the field that now holds it, with the values that trained the run.
+    """
+    saved = copy.deepcopy(saved)
+    saved["model"] = RENAMED_MODELS.get(saved.get("model"), saved.get("model"))
+    saved.pop("parallelism", None)  # the loop is jit-only; the numbers were the same
+    if "schedule_kwargs" not in saved:
+        warmup, decay = saved.pop("warmup_epochs", 1.0), saved.pop("decay_rate", 0.9)
+        saved["schedule_kwargs"] = {"warmup_cosine": {"warmup_epochs": warmup},
+                                    "exponential": {"decay_rate": decay}}.get(
+                                        saved.get("schedule"), {})
+    if "optimizer_kwargs" not in saved:
+        decay = saved.pop("weight_decay", 0.0)
+        saved["optimizer_kwargs"] = {"weight_decay": decay} if saved.get(
+            "optimizer") == "adamw" else {}
+    for field, value in ADDED_FIELDS.items():
+        group, name = field.split(".")
+        saved.setdefault(group, {}).setdefault(name, value)
+    return saved
+
+
+def read_saved_config(workdir: Path) -> dict | None:
+    path = Path(workdir) / "config.json"
+    return migrate(json.loads(path.read_text())) if path.is_file() else None
+
+
+def saved_config(workdir: Path,
+                 defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (the architecture its checkpoint needs),
+    over `defaults` for fields added since."""
+    saved = read_saved_config(workdir)
+    if saved is None:
+        return defaults
+    base = defaults.to_dict()
+    for kwargs in ("schedule_kwargs", "optimizer_kwargs"):  # replaced whole, never merged
+        base.pop(kwargs, None)
+
+    def merge(base: dict, saved: dict) -> dict:
+        for k, v in saved.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                merge(base[k], v)
+            else:  # JSON has no tuples; the config's tuple fields want them back
+                base[k] = _tuples(v) if isinstance(v, list) else v
+        return base
+
+    return ml_collections.ConfigDict(merge(base, saved))
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):  # an empty group adds nothing
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses a config that would not continue the run saved in `workdir`, naming the
+    fields that differ (those in RESUMABLE_CHANGES may)."""
+    saved = read_saved_config(workdir)
+    if saved is None:
+        return
+    saved = _flatten(saved)
+    now = _flatten(json.loads(config.to_json()))
+    changed = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise UserError(
+            f"{Path(workdir) / 'config.json'}: this workdir holds a run with a different "
+            f"config (fields {', '.join('config.' + k for k in changed)}); "
+            "use a new --workdir, or the same config to resume"
+        )
+
+
+def read_history(workdir: Path, last_epoch: int) -> list[dict]:
+    """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["epoch"] <= last_epoch]
+
+
+def checkpoint_record(config: ml_collections.ConfigDict, record: dict, best_score: float,
+                      input_shape: tuple[int, ...], class_names: list[str],
+                      normalization: dict | None) -> dict:
+    """The JSON stored beside a checkpoint: what prediction needs without the config
+    (input shape, classes, normalisation) and where training stands."""
+    return {
+        "epoch": record["epoch"],
+        "step": record["step"],
+        "val_accuracy": record.get("val_accuracy"),
+        "best_val_accuracy": best_score,
+        "input_shape": list(input_shape),
+        "class_names": class_names,
+        "normalization": normalization,
+        "model": config.model,
+    }
