@@ -75,7 +75,7 @@ def main() -> None:
             "no augmentation": ["--config.augment.rotation_deg=0", "--config.augment.zoom=0",
                                 "--config.augment.shift=0"],
             "no batch norm": ["--config.cnn.batch_norm=false"],
-            "constant learning rate": ["--config.schedule=constant",
+            "constant learning rate": ["--config.schedule=constant", "--config.schedule_kwargs={}",
                                        "--config.learning_rate=1e-3"],
         }
         for i, (name, overrides) in enumerate(variants.items()):

@@ -162,7 +162,7 @@ def test_ema_follows_the_weights(batch):
 
 def test_onecycle_schedule_peaks_mid_run():
     config = default.get_config()
-    config.schedule, config.num_epochs = "onecycle", 10
+    config.schedule, config.schedule_kwargs, config.num_epochs = "onecycle", {}, 10
     lr = train.learning_rate_schedule(config, steps_per_epoch=10)
     values = [float(lr(s)) for s in range(100)]
     assert max(values) == pytest.approx(config.learning_rate, rel=1e-3)
