@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from digitjax import console, loop, parallel, predict
+from digitjax import compile_cache, console, loop, parallel, predict
 from digitjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -43,6 +43,7 @@ def run(argv: list[str]) -> None:
                         "defining get_config(), such as configs/default.py)") from None
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    compile_cache.enable(config.get("compilation_cache_dir", ""))
     if _MODE.value == "train":
         result = loop.train_and_evaluate(config, workdir, _STOP_AFTER.value)
         if result["epoch"] < config.num_epochs:

@@ -14,7 +14,8 @@ from digitjax.errors import UserError
 
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
-                     "eval_batch_size", "shard_params", "tta_shifts", "decode_workers")
+                     "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
+                     "compilation_cache_dir")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value.

@@ -57,6 +57,7 @@ def trained_workdir(digits_dir, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("trained") / "run"
     proc = run_main("--config", "configs/seed.py", f"--workdir={workdir}",
                     f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
-                    "--config.val_fraction=0.2")
+                    "--config.val_fraction=0.2",
+                    f"--config.compilation_cache_dir={workdir.parent / 'xla_cache'}")
     assert proc.returncode == 0, proc.stderr
     return workdir

@@ -151,3 +151,9 @@ def test_a_diverging_run_says_so_in_one_line(digits_dir, tmp_path):
     assert proc.stderr.startswith("error: train loss became nan at step 2 (batch 2 of")
     assert "no checkpoint was saved" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_run_fills_its_compilation_cache(trained_workdir):
+    """The trained_workdir fixture ran with --config.compilation_cache_dir=<tmp>/xla_cache."""
+    cached = list((trained_workdir.parent / "xla_cache").iterdir())
+    assert any(p.name.startswith("jit_step") for p in cached), [p.name for p in cached][:5]
