@@ -104,3 +104,22 @@ def test_space_to_depth_conv_leaves_other_layouts_to_lax():
     y = space_to_depth_conv(x, w, (2, 2), "SAME", dimension_numbers=dims)
     assert jnp.array_equal(y, lax.conv_general_dilated(x, w, (2, 2), "SAME",
                                                        dimension_numbers=dims))
+
+
+@pytest.mark.parametrize("version, platforms, plugin, added", [
+    ((0, 10), "", False, True),
+    ((0, 11), "", False, False),  # a jaxlib nobody checked the flag against
+    ((0, 9), "", False, False),
+    ((0, 10), "", True, False),  # a GPU/TPU plugin is installed: the run may not be on CPU
+    ((0, 10), "cpu", True, True),  # ... unless JAX_PLATFORMS puts cpu first
+    ((0, 10), "cuda,cpu", False, False),
+])
+def test_cpu_flags_only_where_they_are_known_to_be_accepted(monkeypatch, version, platforms,
+                                                             plugin, added):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(cpu_flags, "jaxlib_version", lambda: version)
+    monkeypatch.setattr(cpu_flags.importlib.util, "find_spec",
+                        lambda name: object() if plugin and name == "libtpu" else None)
+    cpu_flags.apply_cpu_flags()
+    assert ("--xla_cpu_experimental_ynn_fusion_type" in os.environ["XLA_FLAGS"]) == added
