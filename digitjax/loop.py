@@ -3,21 +3,25 @@
 One road for every topology: a device mesh spanning every device of every process,
 global batches sharded over it (`digitjax.parallel`), and the pure `train_step`
 jit-compiled with scaling and augmentation fused in front of it. Each epoch ends
-with evaluation, a line of metrics and a checkpoint; a re-run resumes exactly.
+with evaluation, a line of metrics and a checkpoint; SIGTERM/SIGINT, and optionally
+every `config.checkpoint_every_steps`, save mid-epoch. A re-run resumes at the saved
+step and ends bit-identical (the order of batches is a function of seed and epoch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from digitjax import augment, checkpoint, console, files, parallel, transforms
+from digitjax import augment, console, faults, files, parallel, preemption, transforms
 from digitjax import workdir as runs
+from digitjax.checkpoint import Checkpoints
 from digitjax.config_checks import check_config
 from digitjax.data import Dataset, embedded, load_train
 from digitjax.data.sampling import epoch_batches, padded_batches, stratified_split
@@ -87,47 +91,86 @@ def evaluate(eval_fn, state, data: Dataset, indices: np.ndarray, batch_size: int
     return {"loss": total["loss"] / n, "accuracy": total["accuracy"] / n}
 
 
+@dataclasses.dataclass
+class Position:
+    """Where a run stands: whole epochs done, batches done in the next one, and the
+    train-metric sums of those batches (so a resumed epoch reports the same means)."""
+
+    epoch: int = 0
+    batch: int = 0
+    sums: dict = dataclasses.field(default_factory=lambda: {"loss": 0.0, "accuracy": 0.0})
+
+
 def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
-                progress: console.Progress) -> tuple[TrainState, dict]:
-    """One pass over `batches` (global row indices); (state, mean train metrics).
+                progress: console.Progress, at: Position, stop: preemption.StopFlag,
+                save_every: int = 0, save=None) -> tuple[TrainState, Position, int]:
+    """Steps through `batches[at.batch:]` (global row indices) from position `at`;
+    returns (state, the position reached, the signal that stopped it or 0).
 
     Metrics are fetched every FETCH_EVERY steps, so the host runs ahead of the device;
-    a non-finite loss stops the run there, naming the step it first appeared at.
+    a non-finite loss stops the run there, naming the step it first appeared at. A
+    stop request is honoured after the step in flight (one process), or at the next
+    fetch, where all processes agree on it. `save(state, position)` is called every
+    `save_every` steps inside the epoch.
     """
     rows = parallel.process_rows(batches.shape[1])
-    step0 = int(jax.device_get(state.step))
-    pending, sums, seen = [], {"loss": 0.0, "accuracy": 0.0}, 0
-    for i, batch in enumerate(batches):
-        idx = batch[rows]
+    sums, pending, done = dict(at.sums), [], at.batch
+    step0 = int(jax.device_get(state.step)) - at.batch
+
+    def flush() -> None:
+        nonlocal sums, pending
+        for j, m in enumerate(jax.device_get(pending)):
+            if not np.isfinite(m["loss"]):
+                bad = done - len(pending) + j + 1
+                raise TrainingDiverged(
+                    f"train loss became {float(m['loss'])} at step {step0 + bad} (batch "
+                    f"{bad} of {len(batches)} in epoch {at.epoch + 1}): lower "
+                    "config.learning_rate or set config.grad_clip_norm")
+            sums = {k: sums[k] + float(m[k]) for k in sums}
+        pending = []
+        progress.update(done, sums)
+
+    for i in range(at.batch, len(batches)):
+        idx = batches[i][rows]
         state, metrics = train_fn(state, parallel.global_array(data.images[idx], mesh),
                                   parallel.global_array(data.labels[idx], mesh))
+        faults.point("step")
         pending.append(metrics)
-        if len(pending) == FETCH_EVERY or i == len(batches) - 1:
-            for j, m in enumerate(jax.device_get(pending)):
-                if not np.isfinite(m["loss"]):
-                    raise TrainingDiverged(
-                        f"train loss became {float(m['loss'])} at step {step0 + seen + j + 1} "
-                        f"(batch {seen + j + 1} of {len(batches)} in epoch "
-                        f"{progress.epoch}): lower config.learning_rate or set "
-                        "config.grad_clip_norm")
-                sums = {k: sums[k] + float(m[k]) for k in sums}
-            seen, pending = seen + len(pending), []
-            progress.update(seen, sums)
-    return state, {k: v / seen for k, v in sums.items()}
+        done = i + 1
+        boundary = len(pending) == FETCH_EVERY or done == len(batches)
+        if boundary:
+            flush()
+        if done == len(batches):
+            break
+        signum = stop.signum if jax.process_count() == 1 else (stop.agreed() if boundary else 0)
+        due = save_every and (step0 + done) % save_every == 0
+        if signum or due:
+            flush()
+            if signum:
+                return state, Position(at.epoch, done, sums), signum
+            save(state, Position(at.epoch, done, sums))
+    return state, Position(at.epoch + 1, 0, sums), 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike,
                        stop_after_epoch: int = 0) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the
     last epoch's metrics. A run that already reached `num_epochs` is not retrained.
 
-    `stop_after_epoch` (> 0) ends this invocation after that epoch's checkpoint
-    (preemptible jobs); the same command later resumes where it stopped.
+    `stop_after_epoch` (> 0) ends this invocation after that epoch's checkpoint; the
+    same command later resumes where it stopped. SIGTERM or SIGINT save at the
+    current step and raise `preemption.Stopped`. One run at a time holds the workdir.
     """
     check_config(config)
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     runs.check_same_run(workdir, config)
-    data = load_train(config, workdir / "cache")
+    with runs.lock(workdir), preemption.StopFlag() as stop:
+        return _train(config, workdir, stop_after_epoch, stop)
+
+
+def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
+    data = load_train(config, runs.cache_dir(workdir))
+    faults.point("data_loaded")
     train_idx, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
     steps_per_epoch = len(train_idx) // config.batch_size
     if steps_per_epoch == 0:
@@ -148,47 +191,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
                                    len(data.class_names), steps_per_epoch),
         mesh, config.shard_params)
-    meta = {"epoch": 0, "best_val_accuracy": -1.0}
-    if checkpoint.exists(workdir):
-        state, meta = checkpoint.restore(workdir, state)
-        console.log(f"resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']}")
+    ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
+    try:
+        return _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx,
+                       norm, mesh, state, ckpts)
+    finally:
+        ckpts.close()  # waits for the saves in flight: a stop or an error keeps them
+
+
+def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, norm, mesh,
+            state, ckpts: Checkpoints) -> dict:
+    at, best = Position(), -1.0
+    restored = ckpts.restore_latest(state)
+    if restored is not None:
+        state, meta = restored
+        at = Position(meta["epoch"], meta.get("batch", 0),
+                      meta.get("sums", {"loss": 0.0, "accuracy": 0.0}))
+        best = meta["best_val_accuracy"]
+        console.log(f"resumed from {ckpts.directory / str(meta['step'])} at epoch {at.epoch}"
+                    + (f", batch {at.batch}" if at.batch else ""))
     if parallel.is_writer():
         files.write_json(workdir / "config.json", json.loads(config.to_json()))
         files.write_json(workdir / "classes.json", data.class_names)
 
-    history = runs.read_history(workdir, meta["epoch"])
+    def save(state, position: Position, score: float | None = None,
+             val_accuracy: float | None = None) -> None:
+        step = int(jax.device_get(state.step))
+        record = runs.checkpoint_record(config, step, position.epoch, position.batch,
+                                        position.sums, best, data.image_shape,
+                                        data.class_names, norm, val_accuracy)
+        faults.point("before_save")
+        ckpts.save(step, state, record, score)
+        faults.point("save_started")
+
+    history = runs.read_history(workdir, at.epoch)
     train_fn = make_train_fn(config, norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
-    for epoch in range(meta["epoch"] + 1, last_epoch + 1):
+    while at.epoch < last_epoch:
         start = time.perf_counter()
-        batches = epoch_batches(train_idx, config.batch_size, config.seed, epoch)
-        progress = console.Progress(config.progress, epoch, config.num_epochs, len(batches))
+        batches = epoch_batches(train_idx, config.batch_size, config.seed, at.epoch + 1)
+        progress = console.Progress(config.progress, at.epoch + 1, config.num_epochs,
+                                    len(batches))
         try:
-            state, train_metrics = train_epoch(train_fn, state, data, batches, mesh, progress)
+            state, at, signum = train_epoch(train_fn, state, data, batches, mesh, progress, at,
+                                            stop, config.checkpoint_every_steps, save)
         except TrainingDiverged as e:
-            kept = (f"epoch {meta['epoch']}'s checkpoint in {workdir / 'checkpoints'} is intact"
-                    if meta["epoch"] else "no checkpoint was saved")
+            kept = (f"the checkpoints in {ckpts.directory} are intact" if ckpts.steps()
+                    else "no checkpoint was saved")
             raise TrainingDiverged(f"{e}; {kept}") from None
+        if signum:
+            save(state, at)
+            ckpts.wait()
+            raise preemption.Stopped(signum, (
+                f"stopped by {preemption.name(signum)} after step "
+                f"{int(jax.device_get(state.step))} (epoch {at.epoch + 1}, batch {at.batch} "
+                f"of {len(batches)}); saved in {ckpts.directory}; run the same command to "
+                "resume"))
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "step": int(jax.device_get(state.step)),
-                  "train_loss": train_metrics["loss"],
-                  "train_accuracy": train_metrics["accuracy"], "seconds": seconds,
+        record = {"epoch": at.epoch, "step": int(jax.device_get(state.step)),
+                  "train_loss": at.sums["loss"] / len(batches),
+                  "train_accuracy": at.sums["accuracy"] / len(batches), "seconds": seconds,
                   "images_per_second": batches.size / seconds}
+        at = Position(at.epoch)
         if len(val_idx):
             val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        score = record.get("val_accuracy", epoch)  # without validation, the newest is best
-        is_best = score > meta["best_val_accuracy"]
-        meta = runs.checkpoint_record(config, record, max(score, meta["best_val_accuracy"]),
-                                      data.image_shape, data.class_names, norm)
+        score = record.get("val_accuracy", at.epoch)  # without validation, the newest is best
+        is_best = score > best
+        best = max(score, best)
         history.append(record)
         if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
             files.write_text(workdir / "metrics.jsonl",
                              "".join(json.dumps(r) + "\n" for r in history))
-        checkpoint.save(workdir, state, meta, best=is_best)
+        faults.point("metrics_written")
+        save(state, at, score, record.get("val_accuracy"))
         console.log(console.epoch_line(record, config.num_epochs,
-                                       seconds * (config.num_epochs - epoch), is_best))
-    if meta["epoch"] >= config.num_epochs and not history:
-        console.log(f"{workdir}: already trained for {meta['epoch']} epochs")
-    return history[-1] if history else {"epoch": meta["epoch"]}
+                                       seconds * (config.num_epochs - at.epoch), is_best))
+        signum = stop.signum if jax.process_count() == 1 else stop.agreed()
+        if signum and at.epoch < last_epoch:
+            ckpts.wait()
+            raise preemption.Stopped(signum, (
+                f"stopped by {preemption.name(signum)} after epoch {at.epoch}; saved in "
+                f"{ckpts.directory}; run the same command to resume"))
+    if at.epoch >= config.num_epochs and not history:
+        console.log(f"{workdir}: already trained for {at.epoch} epochs")
+    return history[-1] if history else {"epoch": at.epoch}

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from digitjax import compile_cache, console, loop, parallel, predict
+from digitjax import compile_cache, console, loop, parallel, predict, preemption
 from digitjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -41,7 +42,7 @@ def run(argv: list[str]) -> None:
     except OSError:
         raise UserError(f"--config: cannot load '{config_path}' (expected a config file "
                         "defining get_config(), such as configs/default.py)") from None
-    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
+    workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path).stem))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compile_cache.enable(config.get("compilation_cache_dir", ""))
     if _MODE.value == "train":
@@ -64,13 +65,59 @@ def run(argv: list[str]) -> None:
             console.log(f"wrote {path}")
 
 
+def workdir_path(value: str) -> epath.Path:
+    """The workdir as an epath (a `gs://` URL stays one); a URL whose filesystem
+    cannot be reached stops here, naming it."""
+    workdir = epath.Path(value)
+    if "://" in value:
+        try:
+            workdir.exists()
+        except Exception as e:  # noqa: BLE001 - any failure: the URL cannot be used
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"--workdir: cannot reach '{value}' ({reason}); gs:// needs "
+                            "gcsfs (pip install gcsfs) and credentials") from None
+    return workdir
+
+
+WRITE_FAILURES = ("No space left on device", "Read-only file system", "Permission denied",
+                  "Disk quota exceeded")
+
+
+def write_failure(e: BaseException) -> str | None:
+    """The reason when `e` (or what it wraps) is a failed write: a full disk, a
+    read-only or forbidden folder; orbax and tensorstore wrap the OSError."""
+    while e is not None:
+        text = str(e)
+        for reason in WRITE_FAILURES:
+            if reason in text:
+                where = getattr(e, "filename", None)
+                return f"{reason}{f' ({where})' if where else ''}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str]) -> None:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
+    # orbax logs every file it touches (INFO) and that a predicting run opens its
+    # checkpoints read only (WARNING); digitjax prints what a user needs itself.
+    logging.set_verbosity(logging.ERROR)
     try:
         run(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except preemption.Stopped as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted (nothing half-written is left behind)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        print(f"error: cannot write the run's files: {reason}; the checkpoints and outputs "
+              "written before are intact", file=sys.stderr)
+        sys.exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

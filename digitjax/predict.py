@@ -3,37 +3,36 @@ images, written as predictions.csv (and submission.csv for the competition)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import ml_collections
 import numpy as np
 import pandas as pd
+from etils import epath
 
 from digitjax import augment, checkpoint, files, parallel, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
 from digitjax.data.sampling import padded_batches, stratified_split
-from digitjax.errors import UserError
 from digitjax.train import TrainState, apply_model, create_train_state
-from digitjax.workdir import saved_config
+from digitjax.workdir import cache_dir, saved_config
 
 
-def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
-    """(state, meta) of the best checkpoint in `workdir` (the latest if none is marked best)."""
-    kind = checkpoint.BEST if checkpoint.exists(workdir, checkpoint.BEST) else checkpoint.LATEST
-    return restore_checkpoint(config, workdir, kind)
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+                       which: str = "best"):
+    """(state, meta) of the best epoch-end checkpoint in `workdir` (by validation
+    accuracy; the newest when there is no validation; a damaged one is skipped), or
+    with which="latest" of the newest checkpoint."""
+
+    def template(meta: dict):
+        return parallel.init_state(
+            lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
+                                       len(meta["class_names"])),
+            parallel.data_mesh(), config.shard_params)
+
+    return checkpoint.load(workdir, template, which)
 
 
-def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, kind: str):
-    """(state, meta) of the checkpoint `kind` (checkpoint.LATEST or checkpoint.BEST)."""
-    meta = checkpoint.read_meta(workdir, kind)
-    if meta is None:
-        raise UserError(f"{workdir}: no checkpoint to predict with (train first)")
-    template = parallel.init_state(
-        lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
-                                   len(meta["class_names"])),
-        parallel.data_mesh(), config.shard_params)
-    return checkpoint.restore(workdir, template, kind)
+def restore_best(config: ml_collections.ConfigDict, workdir: epath.PathLike):
+    return restore_checkpoint(config, workdir, "best")
 
 
 def predict_probs(state: TrainState, images: np.ndarray, config, norm,
@@ -58,8 +57,9 @@ def predict_probs(state: TrainState, images: np.ndarray, config, norm,
     return np.concatenate(out)[masks.reshape(-1)].astype(np.float32)
 
 
-def write_predictions(out_dir: Path, data: Dataset, probs: np.ndarray, class_names: list[str],
-                      submission: bool) -> list[Path]:
+def write_predictions(out_dir: epath.PathLike, data: Dataset, probs: np.ndarray,
+                      class_names: list[str],
+                      submission: bool) -> list[epath.Path]:
     """predictions.csv (id, label, one probability column per class), test_probs.npy,
     and for the competition submission.csv (ImageId, Label)."""
     if not parallel.is_writer():
@@ -77,13 +77,13 @@ def write_predictions(out_dir: Path, data: Dataset, probs: np.ndarray, class_nam
     return written
 
 
-def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
-                     restored=None) -> list[Path]:
+def predict_test_set(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+                     restored=None) -> list[epath.Path]:
     """After training: predicts the config's test split, if it has one, with the best
     checkpoint (`restored` = `restore_best`'s result, to load it only once)."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     state, meta = restored or restore_best(config, workdir)
-    data = load_test(config, meta["input_shape"], workdir / "cache")
+    data = load_test(config, meta["input_shape"], cache_dir(workdir))
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
@@ -91,13 +91,13 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
                              data.writes_submission)
 
 
-def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
+def validation_report(config: ml_collections.ConfigDict, workdir: epath.PathLike,
                       restored=None) -> dict:
     """The best checkpoint on the validation split, with and without test-time
     augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     state, meta = restored or restore_best(config, workdir)
-    data = load_train(config, workdir / "cache")
+    data = load_train(config, cache_dir(workdir))
     _, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
     if not len(val_idx):
         return {}
@@ -116,14 +116,14 @@ def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
     return summary
 
 
-def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str,
-                 out_dir: str | Path) -> list[Path]:
+def predict_path(config: ml_collections.ConfigDict, workdir: epath.PathLike, input_path: str,
+                 out_dir: epath.PathLike) -> list[epath.Path]:
     """`--mode=predict`: predicts the images at `input_path` with the workdir's best
     checkpoint; nothing is retrained."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     config = saved_config(workdir, config)
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"])
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(Path(out_dir), data, probs, meta["class_names"],
+    return write_predictions(epath.Path(out_dir), data, probs, meta["class_names"],
                              data.writes_submission)

@@ -4,18 +4,26 @@ resume it, the metrics history, and the record stored beside each checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import hashlib
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import ml_collections
+from etils import epath
 
+from digitjax import console, parallel
 from digitjax.errors import UserError
 
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
                      "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
-                     "compilation_cache_dir")
+                     "compilation_cache_dir", "checkpoint_every_steps", "keep_checkpoints")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value.
@@ -51,12 +59,12 @@ def migrate(saved: dict) -> dict:
     return saved
 
 
-def read_saved_config(workdir: Path) -> dict | None:
-    path = Path(workdir) / "config.json"
+def read_saved_config(workdir: epath.PathLike) -> dict | None:
+    path = epath.Path(workdir) / "config.json"
     return migrate(json.loads(path.read_text())) if path.is_file() else None
 
 
-def saved_config(workdir: Path,
+def saved_config(workdir: epath.PathLike,
                  defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (the architecture its checkpoint needs),
     over `defaults` for fields added since."""
@@ -93,7 +101,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def check_same_run(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
     """Refuses a config that would not continue the run saved in `workdir`, naming the
     fields that differ (those in RESUMABLE_CHANGES may)."""
     saved = read_saved_config(workdir)
@@ -105,33 +113,85 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
                      if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         raise UserError(
-            f"{Path(workdir) / 'config.json'}: this workdir holds a run with a different "
+            f"{epath.Path(workdir) / 'config.json'}: this workdir holds a run with a different "
             f"config (fields {', '.join('config.' + k for k in changed)}); "
             "use a new --workdir, or the same config to resume"
         )
 
 
-def read_history(workdir: Path, last_epoch: int) -> list[dict]:
+def read_history(workdir: epath.PathLike, last_epoch: int) -> list[dict]:
     """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = epath.Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if r["epoch"] <= last_epoch]
 
 
-def checkpoint_record(config: ml_collections.ConfigDict, record: dict, best_score: float,
-                      input_shape: tuple[int, ...], class_names: list[str],
-                      normalization: dict | None) -> dict:
+def checkpoint_record(config: ml_collections.ConfigDict, step: int, epoch: int, batch: int,
+                      sums: dict, best_score: float, input_shape: tuple[int, ...],
+                      class_names: list[str], normalization: dict | None,
+                      val_accuracy: float | None = None) -> dict:
     """The JSON stored beside a checkpoint: what prediction needs without the config
-    (input shape, classes, normalisation) and where training stands."""
+    (input shape, classes, normalisation) and where training stands (whole epochs,
+    batches into the next one and their train-metric sums)."""
     return {
-        "epoch": record["epoch"],
-        "step": record["step"],
-        "val_accuracy": record.get("val_accuracy"),
+        "step": step,
+        "epoch": epoch,
+        "batch": batch,
+        "sums": sums,
+        "val_accuracy": val_accuracy,
         "best_val_accuracy": best_score,
         "input_shape": list(input_shape),
         "class_names": class_names,
         "normalization": normalization,
         "model": config.model,
     }
+
+
+def cache_dir(workdir: epath.Path) -> Path:
+    """Where decoded data is cached: `<workdir>/cache` for a local workdir; a local
+    folder keyed by the URL for a bucket (memory-mapped arrays need a local file)."""
+    if is_local(workdir):
+        return Path(workdir) / "cache"
+    key = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser("~/.cache/digitjax/data")) / key
+
+
+def is_local(path: epath.PathLike) -> bool:
+    return "://" not in str(path)
+
+
+@contextlib.contextmanager
+def lock(workdir: epath.Path):
+    """One writer per workdir: process 0 holds an exclusive lock on `<workdir>/.lock`
+    while it trains. A second run refuses, naming the holder; the kernel drops the
+    lock when its process dies, so a crashed run never leaves it stuck. (A bucket
+    has no locks: there the lock is skipped, with a note.)"""
+    if not parallel.is_writer():
+        yield
+        return
+    if not is_local(workdir):
+        console.log(f"note: {workdir} is not a local folder, so no lock keeps a second "
+                    "run off it; start one run per workdir")
+        yield
+        return
+    path = Path(workdir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"{workdir}: in use by another run ({holder}); wait for it to "
+                            "end, or use another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

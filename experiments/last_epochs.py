@@ -18,10 +18,10 @@ from common import markdown_table, validation_split, write_results
 
 def last_epoch_probs(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(validation probabilities of the last checkpoint, validation labels)."""
-    from digitjax import checkpoint, predict
+    from digitjax import predict
 
     config, data, val = validation_split(workdir)
-    state, meta = predict.restore_checkpoint(config, workdir, checkpoint.LATEST)
+    state, meta = predict.restore_checkpoint(config, workdir, "latest")
     probs = predict.predict_probs(state, data.images[val], config, meta["normalization"],
                                   tta_shifts=())
     return probs, data.labels[val]

@@ -40,7 +40,7 @@ def run(workdir, digits_dir, *extra, env=None, **kw):
 def final_params(workdir):
     config = seed.get_config()
     template = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 1)
-    state, meta = checkpoint.restore(workdir, template)
+    state, meta = checkpoint.load(workdir, lambda m: template, "latest")
     return state.params, meta
 
 
@@ -127,7 +127,7 @@ def test_two_processes_match_one(single, digits_dir, tmp_path):
 
 def test_resume_a_two_process_checkpoint_in_one_process(single, digits_dir, tmp_path):
     run_two_processes(tmp_path, digits_dir, "--stop_after_epoch=1")
-    assert checkpoint.read_meta(tmp_path)["epoch"] == 1
+    assert checkpoint.latest_meta(tmp_path)["epoch"] == 1
     assert not (tmp_path / "submission.csv").exists()
     proc = run(tmp_path, digits_dir, env=devices_env(1))
     assert proc.returncode == 0, proc.stderr

@@ -125,7 +125,7 @@ def small_config(digits_dir, epochs=2):
 def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(digits_dir, tmp_path,
                                                                    monkeypatch):
     loop.train_and_evaluate(small_config(digits_dir), tmp_path, stop_after_epoch=1)
-    assert checkpoint.read_meta(tmp_path)["epoch"] == 1  # 9 steps of 64 on 577 rows
+    assert checkpoint.latest_meta(tmp_path)["epoch"] == 1  # 9 steps of 64 on 577 rows
     real_step = loop.train_step
 
     def poisoned(state, batch):  # the loss turns NaN from the 13th update on
@@ -137,8 +137,8 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(digits_dir, 
     with pytest.raises(TrainingDiverged, match=re.escape(
             "train loss became nan at step 13 (batch 4 of 9 in epoch 2)")) as e:
         loop.train_and_evaluate(small_config(digits_dir), tmp_path)
-    assert "epoch 1's checkpoint in" in str(e.value)
-    assert checkpoint.read_meta(tmp_path)["epoch"] == 1
+    assert "are intact" in str(e.value)
+    assert checkpoint.latest_meta(tmp_path)["epoch"] == 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
@@ -150,7 +150,7 @@ def test_a_diverging_run_says_so_in_one_line(digits_dir, tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: train loss became nan at step 2 (batch 2 of")
     assert "no checkpoint was saved" in proc.stderr
-    assert not (tmp_path / "checkpoints").exists()
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_the_run_fills_its_compilation_cache(trained_workdir):

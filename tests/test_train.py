@@ -69,16 +69,24 @@ def test_eval_step_ignores_masked_rows(batch):
     np.testing.assert_allclose(masked["accuracy"], first["accuracy"])
 
 
-def test_checkpoint_round_trip(batch, tmp_path):
-    state, _ = jax.jit(train.train_step)(state_for(default.get_config()), batch)
-    meta = {"epoch": 3, "best_val_accuracy": 0.5, "class_names": ["a"]}
-    checkpoint.save(tmp_path, state, meta, best=True)
-    assert checkpoint.exists(tmp_path) and checkpoint.exists(tmp_path, checkpoint.BEST)
-    assert checkpoint.read_meta(tmp_path) == meta
-    restored, got_meta = checkpoint.restore(tmp_path, state_for(default.get_config()))
-    assert got_meta == meta and int(restored.step) == 1
-    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+def test_checkpoint_round_trip_keeps_the_newest_and_the_best(batch, tmp_path):
+    state = state_for(default.get_config())
+    ckpts = checkpoint.Checkpoints(tmp_path, keep=2)
+    saved = {}
+    for step, score in [(1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, 0.6)]:
+        state, _ = jax.jit(train.train_step)(state, batch)
+        meta = {"step": step, "class_names": ["a"], "input_shape": [28, 28, 1]}
+        ckpts.save(step, state, meta, score)
+        saved[step] = state
+    ckpts.wait()
+    # the newest two (4, 5) and the best (2); 3 (mid-epoch, no score) and 1 are gone
+    assert ckpts.steps() == [2, 4, 5] and ckpts.best_step() == 2
+    ckpts.close()
+    restored, got_meta = checkpoint.load(tmp_path, lambda m: state_for(default.get_config()))
+    assert got_meta["step"] == 2 and int(restored.step) == 2
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(saved[2]), strict=True):
         assert np.array_equal(as_numpy(x), as_numpy(y))
+    assert checkpoint.latest_meta(tmp_path)["step"] == 5
 
 
 def as_numpy(x) -> np.ndarray:
@@ -99,8 +107,7 @@ def small_run_config(digits_dir, epochs):
 
 def params_of(workdir, config):
     template = train.create_train_state(config, jax.random.key(1), (28, 28, 1), 10, 1)
-    state, meta = checkpoint.restore(workdir, template)
-    return state, meta
+    return checkpoint.load(workdir, lambda meta: template, "latest")
 
 
 class Interrupted(Exception):
@@ -111,17 +118,17 @@ def test_resume_ends_with_the_same_parameters(digits_dir, tmp_path, monkeypatch)
     """Two epochs straight == the same command killed after epoch 1 and run again."""
     straight = loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "a")
 
-    real_save = checkpoint.save
+    real_save = checkpoint.Checkpoints.save
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(checkpoint, "save", save_then_crash)
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_crash)
     with pytest.raises(Interrupted):
         loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    assert checkpoint.read_meta(tmp_path / "b")["epoch"] == 1
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
+    assert checkpoint.latest_meta(tmp_path / "b")["epoch"] == 1
     resumed = loop.train_and_evaluate(small_run_config(digits_dir, 2), tmp_path / "b")
     assert straight["val_accuracy"] == resumed["val_accuracy"]
     a, meta_a = params_of(tmp_path / "a", small_run_config(digits_dir, 2))

@@ -76,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Runtime.
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.shard_params = False  # Split parameters and optimiser state over the devices (FSDP).
+    config.checkpoint_every_steps = 0  # Also save every N steps inside epochs; 0 = epoch ends.
+    config.keep_checkpoints = 2  # Newest checkpoints kept (the best epoch is kept besides).
     # jax's persistent compilation cache (a second run skips compiling); "" turns it off.
     config.compilation_cache_dir = "~/.cache/digitjax/jax"
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
