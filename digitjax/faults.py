@@ -17,8 +17,9 @@ def point(name: str) -> None:
     target = os.environ.get("DIGITJAX_CRASH_AT")
     if not target:
         return
-    where, n, sig = (target.split(":") + ["1", "SIGKILL"])[:3]
+    parts = target.split(":")
+    where, n, sig = parts[0], int(parts[1]) if len(parts) > 1 else 1, parts[2:] or ["SIGKILL"]
     if where == name:
         _counts[name] = _counts.get(name, 0) + 1
-        if _counts[name] == int(n):
-            os.kill(os.getpid(), signal.Signals[sig])
+        if _counts[name] == n:
+            os.kill(os.getpid(), signal.Signals[sig[0]])

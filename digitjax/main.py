@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -39,9 +42,10 @@ def run(argv: list[str]) -> None:
     try:
         config = _CONFIG.value
         config.to_dict()  # the loader defers its errors to the first access
-    except OSError:
-        raise UserError(f"--config: cannot load '{config_path}' (expected a config file "
-                        "defining get_config(), such as configs/default.py)") from None
+    except Exception as e:  # noqa: BLE001 - the loader raises several kinds; all mean one thing
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise UserError(f"--config: cannot load '{config_path}' ({first}; expected a config "
+                        "file defining get_config(), such as configs/default.py)") from None
     workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path).stem))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compile_cache.enable(config.get("compilation_cache_dir", ""))
@@ -96,7 +100,43 @@ def write_failure(e: BaseException) -> str | None:
     return None
 
 
+class _QuietWriteFailures(std_logging.Filter):
+    """Drops the log records and thread tracebacks of a failed write: orbax's writer
+    threads report it at length, and `main` says it in one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return write_failure(exc) is None and not any(
+            reason in record.getMessage() for reason in WRITE_FAILURES)
+
+    @staticmethod
+    def noise(value: BaseException | None) -> bool:
+        # tensorstore completes a failed write's futures after orbax closed their event
+        # loop, and each callback raises this: noise beside the real error.
+        closed = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        return closed or write_failure(value) is not None
+
+    @staticmethod
+    def excepthook(args) -> None:
+        if not _QuietWriteFailures.noise(args.exc_value):
+            threading.__excepthook__(args)
+
+    @staticmethod
+    def sys_excepthook(kind, value, tb) -> None:
+        if not _QuietWriteFailures.noise(value):
+            sys.__excepthook__(kind, value, tb)
+
+    @staticmethod
+    def unraisablehook(args) -> None:
+        if not _QuietWriteFailures.noise(args.exc_value):
+            sys.__unraisablehook__(args)
+
+
 def main(argv: list[str]) -> None:
+    std_logging.getLogger("absl").addFilter(_QuietWriteFailures())
+    threading.excepthook = _QuietWriteFailures.excepthook
+    sys.excepthook = _QuietWriteFailures.sys_excepthook
+    sys.unraisablehook = _QuietWriteFailures.unraisablehook
     # orbax logs every file it touches (INFO) and that a predicting run opens its
     # checkpoints read only (WARNING); digitjax prints what a user needs itself.
     logging.set_verbosity(logging.ERROR)
@@ -116,8 +156,11 @@ def main(argv: list[str]) -> None:
         if reason is None:
             raise
         print(f"error: cannot write the run's files: {reason}; the checkpoints and outputs "
-              "written before are intact", file=sys.stderr)
-        sys.exit(1)
+              "written before are intact", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Orbax's writer threads still hold callbacks into a closed event loop; an
+        # orderly interpreter exit would print their tracebacks after the line above.
+        os._exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
