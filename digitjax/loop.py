@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                     "digits; for the competition add --config.data_dir=path/to/digit-recognizer")
     norm = None
     if config.normalization == "standardize":
-        mean, std = transforms.channel_stats(data.images[train_idx])
+        mean, std = transforms.channel_stats(data.images, train_idx)
         norm = {"mean": mean, "std": std}
 
     mesh = parallel.data_mesh()

@@ -3,6 +3,7 @@ images, written as predictions.csv (and submission.csv for the competition)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -10,7 +11,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from digitjax import augment, checkpoint, files, parallel, transforms
+from digitjax import augment, checkpoint, console, files, parallel, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
 from digitjax.data.sampling import padded_batches, stratified_split
 from digitjax.errors import UserError
@@ -87,8 +88,26 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(workdir, data, probs, meta["class_names"],
-                             data.writes_submission)
+    written = write_predictions(workdir, data, probs, meta["class_names"],
+                                data.writes_submission)
+    if data.labels is not None:  # a labelled test split (TFDS): report its accuracy
+        written += report_test_accuracy(workdir, data, probs)
+    return written
+
+
+def report_test_accuracy(workdir: Path, data: Dataset, probs: np.ndarray) -> list[Path]:
+    """Logs the accuracy on the test rows that have a label (>= 0) and adds it to
+    summary.json as test_accuracy / test_count."""
+    labelled = data.labels >= 0
+    accuracy = float(np.mean(probs.argmax(1)[labelled] == data.labels[labelled]))
+    console.log(f"test accuracy {accuracy:.4f} on {int(labelled.sum())} labelled images of "
+                f"{data.source}")
+    if not parallel.is_writer():
+        return []
+    path = workdir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(test_accuracy=accuracy, test_count=int(labelled.sum()))
+    return [files.write_json(path, summary)]
 
 
 def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -101,7 +120,8 @@ def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
     _, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
     if not len(val_idx):
         return {}
-    images, labels = data.images[val_idx], data.labels[val_idx]
+    # a copy of the rows for an array; a view decoding them on demand for LazyImages
+    images, labels = data.images.take(val_idx, axis=0), data.labels[val_idx]
     plain = predict_probs(state, images, config, meta["normalization"], tta_shifts=())
     summary = {"best_epoch": meta["epoch"],
                "val_accuracy": float(np.mean(plain.argmax(1) == labels))}
