@@ -78,7 +78,14 @@ class Split:
         """The parsed tf.Example feature maps of `rows` (indices into the split)."""
         from tensorflow_datasets.proto import tf_example_pb2
 
-        records = self.records.__getitems__([int(r) for r in rows])
+        try:
+            records = self.records.__getitems__([int(r) for r in rows])
+        except (RuntimeError, OSError) as e:
+            hint = ("; array_record opens local files only (google/array_record#120): mount "
+                    "the bucket, e.g. with gcsfuse, and point config.tfds_data_dir at the mount"
+                    if self.builder_dir.startswith("gs://") else "")
+            raise UserError(f"{self.builder_dir}: cannot read its records "
+                            f"({str(e).strip().splitlines()[0]}){hint}") from None
         return [tf_example_pb2.Example.FromString(r).features.feature for r in records]
 
     def images(self, rows: np.ndarray) -> np.ndarray:
