@@ -16,6 +16,7 @@ of the same recipe, not the same computation.
 
 import argparse
 import math
+import os
 
 import pandas as pd
 from common import DATA, REPO, markdown_table, metrics, run_main, summary, write_results
@@ -53,12 +54,19 @@ def main() -> None:
         rows.append({"source": name, **best, "val_95": f"{100 * low:.2f}-{100 * high:.2f}%",
                      "last_val": last, "wall_seconds": wall,
                      "submission": pd.read_csv(f"{workdir}/submission.csv")})
+    load = os.getloadavg()[0]
     agree = float((rows[0]["submission"]["Label"] == rows[1]["submission"]["Label"]).mean())
     table = markdown_table(rows, ["source", "epochs", "best_val", "val_95", "last_val",
                                   "train_seconds", "wall_seconds"])
     table += (f"\nThe two submissions (28,000 test.csv digits each) agree on "
               f"{100 * agree:.2f}% of the digits "
               f"({int(round((1 - agree) * len(rows[0]['submission'])))} differ).\n\n"
+              f"Load average at the end: {load:.1f} on {os.cpu_count()} cores (other work "
+              "on the machine stretches the wall times, not the accuracies).\n\n"
+              "The validation digits differ between the runs (TFDS stores the examples "
+              "in its own order, so the stratified 10% picks other digits): the two "
+              "accuracies are two draws of the same recipe; the intervals are 95% Wilson "
+              "intervals over 4,200 digits.\n\n"
               "Commands, one after the other:\n\n" + "".join(f"    {c}\n" for c in commands))
     write_results("tfds_vs_csv", f"Pixel CSV vs TFDS ({a.epochs} epochs, configs/default.py "
                   "recipe, seed 0)", table,

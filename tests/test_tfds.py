@@ -7,6 +7,7 @@ resume included), and each bad setting as one line, exit 2, nothing written.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from digitjax.data import sampling, tfds_source
 from digitjax.errors import UserError
 from tests.conftest import REPO, run_main
 from tests.test_cli import assert_clean_failure
+from tests.test_scale import free_port
 
 CLASSES = ["bar_top", "bar_middle", "bar_bottom"]
 SIZE = 8
@@ -334,3 +336,29 @@ def test_the_recipe_config_names_the_shared_dataset():
     base = default.get_config()
     assert config.data_format == "tfds" and config.tfds_name == "digit_recognizer"
     assert config.model == base.model and config.num_epochs == base.num_epochs
+
+
+def test_two_processes_read_their_own_rows_lazily_and_match_one(shared_data, tmp_path):
+    """Two jax.distributed processes (2 CPU devices each) on the lazy road, each indexing
+    `data.images` with its own half of every batch, end with the one-process parameters."""
+    flags = ["--config", "configs/seed.py", "--config.data_format=tfds",
+             "--config.tfds_name=digit_recognizer",
+             f"--config.tfds_data_dir={shared_data / 'tfds'}",
+             "--config.tfds_train_split=train[:640]", "--config.tfds_in_memory_mb=0",
+             "--config.num_epochs=1", "--config.batch_size=64", "--config.progress=false"]
+    proc = run_main(*flags, f"--workdir={tmp_path / 'one'}")
+    assert proc.returncode == 0, proc.stderr
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "digitjax.main", *flags, f"--workdir={tmp_path / 'two'}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    (one, _), (two, meta) = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    assert meta["epoch"] == 1
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)  # all-reduce order only
