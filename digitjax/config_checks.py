@@ -33,6 +33,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
     need(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+    need(config.tfds_in_memory_mb >= 0, "tfds_in_memory_mb", "a number of MB >= 0")
     for field in ("rotation_deg", "zoom", "shift", "shear_deg", "elastic_alpha"):
         need(config.augment[field] >= 0, f"augment.{field}", "a number >= 0")
     need(config.augment.zoom < 1, "augment.zoom", "a number < 1 (scale in 1 +- zoom)")

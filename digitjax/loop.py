@@ -183,7 +183,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
                     "digits; for the competition add --config.data_dir=path/to/digit-recognizer")
     norm = None
     if config.normalization == "standardize":
-        mean, std = transforms.channel_stats(data.images[train_idx])
+        mean, std = transforms.channel_stats(data.images, train_idx)
         norm = {"mean": mean, "std": std}
 
     mesh = parallel.data_mesh()

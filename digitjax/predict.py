@@ -3,13 +3,15 @@ images, written as predictions.csv (and submission.csv for the competition)."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import ml_collections
 import numpy as np
 import pandas as pd
 from etils import epath
 
-from digitjax import augment, checkpoint, files, parallel, transforms
+from digitjax import augment, checkpoint, console, files, parallel, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
 from digitjax.data.sampling import padded_batches, stratified_split
 from digitjax.train import TrainState, apply_model, create_train_state
@@ -87,8 +89,27 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
-    return write_predictions(workdir, data, probs, meta["class_names"],
-                             data.writes_submission)
+    written = write_predictions(workdir, data, probs, meta["class_names"],
+                                data.writes_submission)
+    if data.labels is not None:  # a labelled test split (TFDS): report its accuracy
+        written += report_test_accuracy(workdir, data, probs)
+    return written
+
+
+def report_test_accuracy(workdir: epath.Path, data: Dataset,
+                         probs: np.ndarray) -> list[epath.Path]:
+    """Logs the accuracy on the test rows that have a label (>= 0) and adds it to
+    summary.json as test_accuracy / test_count."""
+    labelled = data.labels >= 0
+    accuracy = float(np.mean(probs.argmax(1)[labelled] == data.labels[labelled]))
+    console.log(f"test accuracy {accuracy:.4f} on {int(labelled.sum())} labelled images of "
+                f"{data.source}")
+    if not parallel.is_writer():
+        return []
+    path = workdir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(test_accuracy=accuracy, test_count=int(labelled.sum()))
+    return [files.write_json(path, summary)]
 
 
 def validation_report(config: ml_collections.ConfigDict, workdir: epath.PathLike,
@@ -101,7 +122,8 @@ def validation_report(config: ml_collections.ConfigDict, workdir: epath.PathLike
     _, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
     if not len(val_idx):
         return {}
-    images, labels = data.images[val_idx], data.labels[val_idx]
+    # a copy of the rows for an array; a view decoding them on demand for LazyImages
+    images, labels = data.images.take(val_idx, axis=0), data.labels[val_idx]
     plain = predict_probs(state, images, config, meta["normalization"], tta_shifts=())
     summary = {"best_epoch": meta["epoch"],
                "val_accuracy": float(np.mean(plain.argmax(1) == labels))}

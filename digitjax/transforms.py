@@ -57,10 +57,26 @@ def standardize(images, mean, std):
     return (scale(images) - mean) / std
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 NHWC images on the [0, 1] scale."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return x.mean(axis=0).tolist(), np.maximum(x.std(axis=0), 1e-6).tolist()
+def channel_stats(images, rows: np.ndarray | None = None,
+                  chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 NHWC `images[rows]` on the [0, 1] scale.
+
+    Streamed `chunk` rows at a time with exact integer sums, so an array and images
+    decoded on demand (`LazyImages`, read in chunks) give the very same numbers.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    channels = images.shape[-1]
+    count, sums, squares = 0, [0] * channels, [0] * channels
+    for lo in range(0, len(rows), chunk):
+        x = np.asarray(images[rows[lo:lo + chunk]]).reshape(-1, channels).astype(np.int64)
+        count += len(x)
+        sums = [s + int(v) for s, v in zip(sums, x.sum(axis=0), strict=True)]
+        squares = [s + int(v) for s, v in zip(squares, (x * x).sum(axis=0), strict=True)]
+    count = max(count, 1)
+    mean = [s / (count * 255) for s in sums]  # exact integers, one rounding
+    var = [(count * q - s * s) / (count * count * 255 * 255)
+           for s, q in zip(sums, squares, strict=True)]
+    return mean, [max(math.sqrt(v), 1e-6) for v in var]
 
 
 def to_float(normalization: dict | None) -> Callable:

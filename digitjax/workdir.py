@@ -23,12 +23,15 @@ from digitjax.errors import UserError
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
                      "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
-                     "compilation_cache_dir", "checkpoint_every_steps", "keep_checkpoints")
+                     "compilation_cache_dir", "checkpoint_every_steps", "keep_checkpoints",
+                     "tfds_data_dir", "tfds_test_split", "tfds_in_memory_mb")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value.
 ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
-                "augment.elastic_sigma": 4.0}
+                "augment.elastic_sigma": 4.0, "tfds_name": "", "tfds_data_dir": "",
+                "tfds_train_split": "train", "tfds_test_split": "", "tfds_image_key": "",
+                "tfds_label_key": "", "tfds_in_memory_mb": 4096}
 
 # Model names that changed: the saved name -> today's (the parameters are the same).
 RENAMED_MODELS = {"seed": "seed_cnn"}
@@ -54,8 +57,11 @@ def migrate(saved: dict) -> dict:
         saved["optimizer_kwargs"] = {"weight_decay": decay} if saved.get(
             "optimizer") == "adamw" else {}
     for field, value in ADDED_FIELDS.items():
-        group, name = field.split(".")
-        saved.setdefault(group, {}).setdefault(name, value)
+        *groups, name = field.split(".")
+        node = saved
+        for group in groups:
+            node = node.setdefault(group, {})
+        node.setdefault(name, value)
     return saved
 
 

@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'        # torch and keras: optional peers
     python experiments/benchmark.py [--rounds 3] [--models cnn,seed] [--skip-data]
+    python experiments/benchmark.py --skip-models --out experiments/results/tfds.md
 
 For each model: training and inference throughput (images/s, median over timed
 repeats after warm-up), the first step's compile time and the process's peak
@@ -9,7 +10,9 @@ memory, for digitjax and, when installed, the same network in PyTorch (CPU, as
 many threads as cores) and Keras 3 (JAX backend). Every measurement runs in its
 own subprocess, frameworks interleaved round by round, so the peers see the same
 machine. Then the data path: pixel CSV ingest cold and cached, image-folder decode
-cold and cached, and one epoch of the full `main` run.
+cold and cached, the TFDS dataset of the same digits decoded into memory and read
+lazily by index, and one epoch of the full `main` run from the CSV, TFDS in memory
+and TFDS lazy.
 
 Prints a table with the ratios digitjax/peer and the fraction of this machine's
 measured matmul peak, and writes experiments/results/benchmark.md.
@@ -32,6 +35,7 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 on JAX: no TensorFlow needed
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+TRAIN_CSV = DATA / "digit-recognizer" / "train.csv"
 FRAMEWORKS = ("digitjax", "torch", "keras")
 BATCH = 128
 WARMUP_STEPS, TIMED_STEPS, REPEATS = 5, 20, 5
@@ -236,43 +240,94 @@ def matmul_gflops() -> float:
     return float(out.stdout.strip())
 
 
-def data_path() -> list[tuple[str, float]]:
-    """Seconds for the data path, each in a fresh process (cold = no digitjax cache)."""
+N_DIGITS, N_TRAIN = 42_000, 37_800  # train.csv's rows; the training split of 90% of them
+TFDS_CONFIG = ("from digitjax.configs import tfds_digits\n"
+               "c = tfds_digits.get_config()\n"
+               f"c.tfds_data_dir = {str(DATA / 'tfds')!r}\n")
+
+
+def data_path() -> list[tuple[str, float, int, float]]:
+    """(what, seconds, images, peak RSS MB) for the data path, each in a fresh process
+    (cold = no digitjax cache): the pixel CSV, PNG files and the TFDS dataset of the
+    same 42,000 digits, read whole and (TFDS) by index in the loop's batches of 128;
+    then one epoch of `main` fed from each."""
     rows = []
+    batches = ("import numpy as np\n"
+               "from digitjax.data.sampling import epoch_batches\n"
+               f"order = epoch_batches(np.arange({N_DIGITS}), 128, 0, 1)\n")
     with tempfile.TemporaryDirectory() as tmp:
-        csv_code = ("import time, sys\nfrom digitjax.data.pixels import read_pixel_csv\n"
+        csv_code = ("from digitjax.data.pixels import read_pixel_csv\n"
                     "t = time.perf_counter()\n"
                     f"read_pixel_csv({str(DATA / 'digit-recognizer' / 'train.csv')!r}, "
-                    f"cache_dir={tmp!r})\nprint(time.perf_counter() - t)\n")
+                    f"cache_dir={tmp!r})\n")
         for label in ("train.csv -> uint8, cold", "train.csv -> uint8, cached"):
-            rows.append((label, _seconds(csv_code)))
+            rows.append((label, *_measure(csv_code)))
         subprocess.run([sys.executable, str(DATA / "make_mnist_png.py"), "--split", "train"],
                        check=True, capture_output=True)
-        png_code = ("import time\nfrom pathlib import Path\n"
+        png_code = ("from pathlib import Path\n"
                     "from digitjax.data import images as I\n"
                     "t = time.perf_counter()\n"
                     f"p, _, _ = I.list_class_folders(Path({str(DATA / 'mnist-png' / 'train')!r}))\n"
                     "I.decode_all(p, I.DecodeSettings(28, 1, 'resize', False, 2), "
-                    f"Path({tmp!r}))\nprint(time.perf_counter() - t)\n")
+                    f"Path({tmp!r}))\n")
         for label in ("42,000 PNGs -> uint8, cold", "42,000 PNGs -> uint8, cached"):
-            rows.append((label, _seconds(png_code)))
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "digitjax.main", "--config", "configs/default.py",
-                        f"--workdir={tmp}/run", f"--config.data_dir={DATA / 'digit-recognizer'}",
-                        "--config.num_epochs=1"], cwd=REPO, check=True, capture_output=True,
-                       env=dict(os.environ))
-        wall = time.perf_counter() - start
-        epoch = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text())["seconds"]
-        rows.append(("main, default config: 1 epoch of 37,800 images (train loop)", epoch))
-        rows.append(("main, default config: whole 1-epoch run incl. start-up, eval, "
-                     "28,000 test predictions", wall))
+            rows.append((label, *_measure(png_code)))
+        rows.append(("train.csv in memory: 42,000 rows gathered by index, batches of 128",
+                     *_measure(batches + "from digitjax.data.pixels import read_pixel_csv\n"
+                               f"x = read_pixel_csv({str(TRAIN_CSV)!r}, cache_dir={tmp!r})"
+                               ".pixels.reshape(-1, 28, 28, 1)\n"
+                               "t = time.perf_counter()\nfor b in order: x[b]\n")))
+        # imports before the clock, as for the CSV: TFDS's import is ~0.3 s once per process
+        tfds_load = (TFDS_CONFIG + "import tensorflow_datasets\n"
+                     "from digitjax.data import load_train\n")
+        rows.append(("TFDS -> uint8 in memory: open + decode 42,000 PNG records",
+                     *_measure(tfds_load + "t = time.perf_counter()\nload_train(c, None)\n")))
+        rows.append(("TFDS, tfds.data_source's own per-example decode of the 42,000",
+                     *_measure("import tensorflow_datasets as tfds\nt = time.perf_counter()\n"
+                               f"s = tfds.data_source('digit_recognizer', data_dir="
+                               f"{str(DATA / 'tfds')!r}, split='train', download=False)\n"
+                               f"s.__getitems__(list(range({N_DIGITS})))\n")))
+        rows.append(("TFDS lazy: open + labels of 42,000 (no image decoded)",
+                     *_measure(tfds_load + "c.tfds_in_memory_mb = 0\n"
+                               "t = time.perf_counter()\nload_train(c, None)\n")))
+        rows.append(("TFDS lazy: 42,000 images read by index, batches of 128 (an epoch's reads)",
+                     *_measure(tfds_load + batches + "c.tfds_in_memory_mb = 0\n"
+                               "d = load_train(c, None)\nt = time.perf_counter()\n"
+                               "for b in order: d.images[b]\n")))
+        for name, flags in [("pixel CSV", ["--config", "configs/default.py",
+                                           f"--config.data_dir={DATA / 'digit-recognizer'}"]),
+                            ("TFDS in memory", ["--config", "configs/tfds_digits.py",
+                                                f"--config.tfds_data_dir={DATA / 'tfds'}",
+                                                f"--config.data_dir={DATA / 'digit-recognizer'}"]),
+                            ("TFDS lazy", ["--config", "configs/tfds_digits.py",
+                                           f"--config.tfds_data_dir={DATA / 'tfds'}",
+                                           f"--config.data_dir={DATA / 'digit-recognizer'}",
+                                           "--config.tfds_in_memory_mb=0"])]:
+            workdir = f"{tmp}/run_{name.replace(' ', '_')}"
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "digitjax.main", *flags, f"--workdir={workdir}",
+                            "--config.num_epochs=1", "--config.progress=false"], cwd=REPO,
+                           check=True, capture_output=True, env=dict(os.environ))
+            wall = time.perf_counter() - start
+            epoch = json.loads((Path(workdir) / "metrics.jsonl").read_text())["seconds"]
+            rows.append((f"main, default recipe, {name}: 1 epoch of 37,800 images (train loop)",
+                         epoch, N_TRAIN, float("nan")))
+            rows.append((f"main, default recipe, {name}: whole 1-epoch run incl. start-up, "
+                         "eval, 28,000 test predictions", wall, 0, float("nan")))
     return rows
 
 
-def _seconds(code: str) -> float:
+def _measure(code: str) -> tuple[float, int, float]:
+    """(seconds from `t` to the end of `code`, images, peak RSS MB) in a fresh process."""
+    code = ("import time\n" + code + "seconds = time.perf_counter() - t\n"
+            "from pathlib import Path\n"
+            "rss = [int(x.split()[1]) / 1024 for x in Path('/proc/self/status').read_text()"
+            ".splitlines() if x.startswith('VmHWM:')][0]\n"
+            "print(seconds, rss)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO)
-    return float(out.stdout.strip().splitlines()[-1])
+    seconds, rss = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), N_DIGITS, float(rss)
 
 
 def main() -> None:
@@ -282,6 +337,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--out", default="", help="Markdown file to write (default "
+                    "experiments/results/benchmark.md)")
     a = ap.parse_args()
     if a.worker:
         return run_worker(*a.worker)
@@ -289,18 +346,21 @@ def main() -> None:
         a.models = ""
     models = [m for m in a.models.split(",") if m]
     frameworks = [f for f in FRAMEWORKS if available(f)]
+    load = os.getloadavg()[0]  # other work on the machine slows every number here
     peak = matmul_gflops()
     results = {(f, m): [] for f in frameworks for m in models}
     for _ in range(a.rounds):  # interleaved: each framework sees the same machine state
         for model in models:
             for f in frameworks:
                 results[(f, model)].append(measure(f, model))
-    lines = [f"Machine: {os.cpu_count()} cores; float32 matmul peak (XLA) {peak:.0f} GFLOP/s; "
-             f"batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
-             f"{TIMED_STEPS} steps.", "",
-             "| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
-             "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the start; float32 "
+             f"matmul peak (XLA) {peak:.0f} GFLOP/s"
+             + (f"; batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
+                f"{TIMED_STEPS} steps." if models else "."), ""]
+    if models:
+        lines += ["| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
+                  "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model in models:
         med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
                    for k in results[(f, model)][0]} for f in frameworks}
@@ -319,13 +379,16 @@ def main() -> None:
                      f"{ours['train_flops_per_image'] / 1e6:.1f} MFLOP per image per "
                      "training step | | | | | | |")
     if not a.skip_data:
-        lines += ["", "| data path | seconds |", "| --- | --- |"]
-        lines += [f"| {label} | {s:.2f} |" for label, s in data_path()]
+        lines += [""] * bool(models) + ["| data path | seconds | images/s | peak RSS MB |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {label} | {sec:.2f} | {f'{n / sec:.0f}' if n else ''} | "
+                  f"{'' if rss != rss else f'{rss:.0f}'} |" for label, sec, n, rss in data_path()]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = REPO / "experiments" / "results" / "benchmark.md"
+    out = Path(a.out) if a.out else REPO / "experiments" / "results" / "benchmark.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Benchmark\n\nReproduce: `python experiments/benchmark.py`\n\n" + text)
+    command = " ".join(["python experiments/benchmark.py", *sys.argv[1:]])
+    out.write_text(f"# Benchmark\n\nReproduce: `{command}`\n\n" + text)
 
 
 if __name__ == "__main__":

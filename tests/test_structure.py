@@ -83,8 +83,11 @@ def old_layout(config) -> dict:
     for name in ("schedule_kwargs", "optimizer_kwargs", "seed_cnn"):
         del saved[name]
     for field in workdir.ADDED_FIELDS:
-        group, name = field.split(".")
-        del saved[group][name]
+        *groups, name = field.split(".")
+        node = saved
+        for group in groups:
+            node = node[group]
+        del node[name]
     return saved
 
 

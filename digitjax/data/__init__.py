@@ -1,7 +1,9 @@
 """Data sources -> one `Dataset` type: uint8 NHWC images, integer labels, ids, class names.
 
 `load_train` reads the labelled data named by the config; `load_inputs` reads a
-file to predict with the geometry the model was trained on.
+file to predict with the geometry the model was trained on. Images are one uint8
+array (in RAM or memory-mapped), or for a TFDS split too big for memory
+`tfds_source.LazyImages`, which decodes the rows it is indexed with.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ import ml_collections
 import numpy as np
 
 from digitjax import console, transforms
-from digitjax.data import embedded, images, pixels
+from digitjax.data import embedded, images, pixels, tfds_source
 from digitjax.errors import UserError
 
-DATA_FORMATS = ("pixels", "class_folders", "labels_csv")
+DATA_FORMATS = ("pixels", "class_folders", "labels_csv", "tfds")
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    images: np.ndarray  # (N, H, W, C) uint8
-    labels: np.ndarray | None  # (N,) int32 class ids; None when unlabelled
+    images: np.ndarray | tfds_source.LazyImages  # (N, H, W, C) uint8
+    labels: np.ndarray | None  # (N,) int32 class ids (-1: none); None when unlabelled
     ids: np.ndarray  # (N,) the id of each row in outputs
     class_names: list[str]  # label id -> name
     source: str  # where it came from, for messages
@@ -35,12 +37,15 @@ class Dataset:
 
 
 def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) -> Dataset:
-    """The labelled training data of `config.data_dir` (or the embedded digits)."""
-    if not config.data_dir:
-        return embedded.digits(train=True)
+    """The labelled training data of `config.data_dir` or config.tfds_name (or the
+    embedded digits)."""
     if config.data_format not in DATA_FORMATS:
         raise UserError(f"config.data_format: expected one of {DATA_FORMATS}, "
                         f"got '{config.data_format}'")
+    if config.data_format == "tfds":
+        return tfds_source.load_train(config, cache_dir)
+    if not config.data_dir:
+        return embedded.digits(train=True)
     if config.data_format != "pixels":
         return _load_image_files(config, cache_dir)
     path = _data_file(config, config.train_file, "config.train_file")
@@ -54,10 +59,13 @@ def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) 
 
 
 def load_test(config: ml_collections.ConfigDict, shape, cache_dir) -> Dataset | None:
-    """The unlabelled test split to submit on, or None when the config names none."""
+    """The test split to predict after training, or None when the config names none:
+    unlabelled, except a TFDS split that has labels (its accuracy is reported)."""
+    if config.data_format == "tfds" and config.tfds_test_split:
+        return tfds_source.load_test(config, shape, cache_dir)
     if not config.data_dir:
-        return embedded.digits(train=False)
-    if config.data_format == "pixels":
+        return None if config.data_format == "tfds" else embedded.digits(train=False)
+    if config.data_format in ("pixels", "tfds"):  # tfds: a pixel CSV to submit on
         test = Path(config.data_dir) / config.test_file if config.test_file else None
     else:
         test = Path(config.data_dir) / config.test_dir if config.test_dir else None

@@ -124,15 +124,15 @@ def decode(path: Path, settings: DecodeSettings) -> np.ndarray:
         with Image.open(path) as img:
             img.seek(0)  # first frame of a GIF/TIFF
             img = ImageOps.exif_transpose(img)  # photos stored sideways
-            img = _convert(img, settings.channels)
-            img = _fit(img, settings.image_size, settings.resize)
+            img = convert_mode(img, settings.channels)
+            img = fit(img, settings.image_size, settings.resize)
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
     return array.reshape(settings.image_size, settings.image_size, settings.channels)
 
 
-def _convert(img: Image.Image, channels: int) -> Image.Image:
+def convert_mode(img: Image.Image, channels: int) -> Image.Image:
     """Any mode -> "L" or "RGB", explicitly: palette and alpha images via RGBA then
     dropping alpha (as Keras does), CMYK via Pillow's conversion, 16/32-bit
     grayscale scaled down rather than clipped."""
@@ -147,7 +147,7 @@ def _convert(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def _fit(img: Image.Image, size: int, policy: str) -> Image.Image:
+def fit(img: Image.Image, size: int, policy: str) -> Image.Image:
     if img.size == (size, size):
         return img
     if policy == "center_crop":  # shorter side to `size`, then the centre
