@@ -159,12 +159,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
 
     `stop_after_epoch` (> 0) ends this invocation after that epoch's checkpoint; the
     same command later resumes where it stopped. SIGTERM or SIGINT save at the
-    current step and raise `preemption.Stopped`. One run at a time holds the workdir.
+    current step and raise `preemption.Stopped`. One run at a time writes the workdir.
     """
     check_config(config)
     workdir = epath.Path(workdir)
     runs.check_same_run(workdir, config)
-    with runs.lock(workdir), preemption.StopFlag() as stop:
+    with preemption.StopFlag() as stop:
         return _train(config, workdir, stop_after_epoch, stop)
 
 
@@ -191,12 +191,14 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
                                    len(data.class_names), steps_per_epoch),
         mesh, config.shard_params)
-    ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
-    try:
-        return _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx,
-                       norm, mesh, state, ckpts)
-    finally:
-        ckpts.close()  # waits for the saves in flight: a stop or an error keeps them
+    # Locked from the first write on: bad data or settings, found above, leave no trace.
+    with runs.lock(workdir):
+        ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
+        try:
+            return _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx,
+                           norm, mesh, state, ckpts)
+        finally:
+            ckpts.close()  # waits for the saves in flight: a stop or an error keeps them
 
 
 def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, norm, mesh,

@@ -128,13 +128,15 @@ def test_a_second_run_on_a_workdir_in_use_refuses_and_touches_nothing(digits_dir
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 12345 on trainer-0, since 2026-11-30 10:00:00")
         held.flush()
-        before = sorted(p.name for p in tmp_path.iterdir())
         proc = main(tmp_path, digits_dir)
         assert proc.returncode == 2
         assert proc.stderr.strip() == (
             f"error: {tmp_path}: in use by another run (pid 12345 on trainer-0, since "
             "2026-11-30 10:00:00); wait for it to end, or use another --workdir")
-        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        # only the decoded-data cache (shared, written atomically) may have appeared
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "cache"]
+        held.seek(0)
+        assert held.read() == "pid 12345 on trainer-0, since 2026-11-30 10:00:00"
     # The holder is gone (as when its process dies): the workdir is free again.
     proc = main(tmp_path, digits_dir, "--config.num_epochs=1")
     assert proc.returncode == 0, proc.stderr

@@ -178,7 +178,7 @@ def test_lazy_images_index_like_the_array(tiny_dir, tmp_path):
 def final_state(workdir):
     template = train.create_train_state(seed.get_config(), jax.random.key(0),
                                         (28, 28, 1), 10, 1)
-    return checkpoint.restore(workdir, template)
+    return checkpoint.load(workdir, lambda meta: template, "latest")
 
 
 def test_a_lazy_run_is_bit_identical_to_the_in_memory_run_and_resumes(shared_data, tmp_path,
@@ -192,7 +192,7 @@ def test_a_lazy_run_is_bit_identical_to_the_in_memory_run_and_resumes(shared_dat
     config.tfds_in_memory_mb = 0
     loop.train_and_evaluate(config, lazy, stop_after_epoch=1)
     assert "read by index" in capsys.readouterr().out
-    assert checkpoint.read_meta(lazy)["epoch"] == 1
+    assert checkpoint.latest_meta(lazy)["epoch"] == 1
     loop.train_and_evaluate(config, lazy)  # resumes epoch 2
     assert "resumed" in capsys.readouterr().out
     (a, meta_a), (b, meta_b) = final_state(memory), final_state(lazy)
