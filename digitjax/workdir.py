@@ -18,9 +18,10 @@ RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_di
                      "compilation_cache_dir")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
-# saved config without the field was trained as if it had this value.
+# saved config without the field was trained as if it had this value ("group.name", or
+# "name" for a top-level field).
 ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
-                "augment.elastic_sigma": 4.0}
+                "augment.elastic_sigma": 4.0, "dtype": "float32"}
 
 # Model names that changed: the saved name -> today's (the parameters are the same).
 RENAMED_MODELS = {"seed": "seed_cnn"}
@@ -46,8 +47,11 @@ def migrate(saved: dict) -> dict:
         saved["optimizer_kwargs"] = {"weight_decay": decay} if saved.get(
             "optimizer") == "adamw" else {}
     for field, value in ADDED_FIELDS.items():
-        group, name = field.split(".")
-        saved.setdefault(group, {}).setdefault(name, value)
+        *groups, name = field.split(".")
+        node = saved
+        for group in groups:
+            node = node.setdefault(group, {})
+        node.setdefault(name, value)
     return saved
 
 

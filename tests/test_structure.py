@@ -82,9 +82,9 @@ def old_layout(config) -> dict:
     saved["decay_rate"], saved["weight_decay"] = 0.9, 0.0
     for name in ("schedule_kwargs", "optimizer_kwargs", "seed_cnn"):
         del saved[name]
-    for field in workdir.ADDED_FIELDS:
-        group, name = field.split(".")
-        del saved[group][name]
+    for field in workdir.ADDED_FIELDS:  # "group.name" or a top-level "name"
+        *groups, name = field.split(".")
+        del (saved[groups[0]] if groups else saved)[name]
     return saved
 
 
