@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         score = record.get("val_accuracy", epoch)  # without validation, the newest is best
         is_best = score > meta["best_val_accuracy"]
         meta = runs.checkpoint_record(config, record, max(score, meta["best_val_accuracy"]),
-                                      data.image_shape, data.class_names, norm)
+                                      data.image_shape, data.class_names, norm, data.columns)
         history.append(record)
         if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
             files.write_text(workdir / "metrics.jsonl",

@@ -126,9 +126,11 @@ def read_history(workdir: Path, last_epoch: int) -> list[dict]:
 
 def checkpoint_record(config: ml_collections.ConfigDict, record: dict, best_score: float,
                       input_shape: tuple[int, ...], class_names: list[str],
-                      normalization: dict | None) -> dict:
+                      normalization: dict | None,
+                      pixel_columns: tuple[str, ...] | None = None) -> dict:
     """The JSON stored beside a checkpoint: what prediction needs without the config
-    (input shape, classes, normalisation) and where training stands."""
+    (input shape, classes, normalisation, and a pixel CSV's column names, by which the
+    columns of the files predicted are matched) and where training stands."""
     return {
         "epoch": record["epoch"],
         "step": record["step"],
@@ -138,4 +140,4 @@ def checkpoint_record(config: ml_collections.ConfigDict, record: dict, best_scor
         "class_names": class_names,
         "normalization": normalization,
         "model": config.model,
-    }
+    } | ({"pixel_columns": list(pixel_columns)} if pixel_columns else {})
