@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from digitjax.errors import UserError
-from digitjax.models import MODELS
+from digitjax.models import DTYPES, MODELS
 from digitjax.registry import lookup
 from digitjax.train import create_optimizer
 
@@ -21,6 +21,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.{field}: expected {expected}, got {value!r}")
 
     lookup(MODELS, config.model, "model")
+    lookup(DTYPES, config.dtype, "dtype")
     need(config.num_epochs >= 1, "num_epochs", "an integer >= 1")
     need(config.batch_size >= 1, "batch_size", "an integer >= 1")
     need(config.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")

@@ -221,7 +221,7 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
         step = int(jax.device_get(state.step))
         record = runs.checkpoint_record(config, step, position.epoch, position.batch,
                                         position.sums, best, data.image_shape,
-                                        data.class_names, norm, val_accuracy)
+                                        data.class_names, norm, val_accuracy, data.columns)
         faults.point("before_save")
         ckpts.save(step, state, record, score)
         faults.point("save_started")

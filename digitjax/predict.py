@@ -85,7 +85,7 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     checkpoint (`restored` = `restore_best`'s result, to load it only once)."""
     workdir = epath.Path(workdir)
     state, meta = restored or restore_best(config, workdir)
-    data = load_test(config, meta["input_shape"], cache_dir(workdir))
+    data = load_test(config, meta["input_shape"], cache_dir(workdir), meta.get("pixel_columns"))
     if data is None:
         return []
     probs = predict_probs(state, data.images, config, meta["normalization"])
@@ -145,7 +145,8 @@ def predict_path(config: ml_collections.ConfigDict, workdir: epath.PathLike, inp
     workdir = epath.Path(workdir)
     config = saved_config(workdir, config)
     state, meta = restore_best(config, workdir)
-    data = load_inputs(input_path, config, meta["input_shape"])
+    data = load_inputs(input_path, config, meta["input_shape"],
+                       columns=meta.get("pixel_columns"))
     probs = predict_probs(state, data.images, config, meta["normalization"])
     return write_predictions(epath.Path(out_dir), data, probs, meta["class_names"],
                              data.writes_submission)

@@ -27,11 +27,13 @@ RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_di
                      "tfds_data_dir", "tfds_test_split", "tfds_in_memory_mb")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
-# saved config without the field was trained as if it had this value.
+# saved config without the field was trained as if it had this value ("group.name", or
+# "name" for a top-level field).
 ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
                 "augment.elastic_sigma": 4.0, "tfds_name": "", "tfds_data_dir": "",
                 "tfds_train_split": "train", "tfds_test_split": "", "tfds_image_key": "",
-                "tfds_label_key": "", "tfds_in_memory_mb": 4096}
+                "tfds_label_key": "", "tfds_in_memory_mb": 4096,
+                "dtype": "float32"}
 
 # Model names that changed: the saved name -> today's (the parameters are the same).
 RENAMED_MODELS = {"seed": "seed_cnn"}
@@ -137,10 +139,12 @@ def read_history(workdir: epath.PathLike, last_epoch: int) -> list[dict]:
 def checkpoint_record(config: ml_collections.ConfigDict, step: int, epoch: int, batch: int,
                       sums: dict, best_score: float, input_shape: tuple[int, ...],
                       class_names: list[str], normalization: dict | None,
-                      val_accuracy: float | None = None) -> dict:
+                      val_accuracy: float | None = None,
+                      pixel_columns: tuple[str, ...] | None = None) -> dict:
     """The JSON stored beside a checkpoint: what prediction needs without the config
-    (input shape, classes, normalisation) and where training stands (whole epochs,
-    batches into the next one and their train-metric sums)."""
+    (input shape, classes, normalisation, and a pixel CSV's column names, by which the
+    columns of the files predicted are matched) and where training stands (whole
+    epochs, batches into the next one and their train-metric sums)."""
     return {
         "step": step,
         "epoch": epoch,
@@ -152,7 +156,7 @@ def checkpoint_record(config: ml_collections.ConfigDict, step: int, epoch: int, 
         "class_names": class_names,
         "normalization": normalization,
         "model": config.model,
-    }
+    } | ({"pixel_columns": list(pixel_columns)} if pixel_columns else {})
 
 
 def cache_dir(workdir: epath.Path) -> Path:

@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.resnet = ml_collections.ConfigDict()  # model "resnet"
     config.resnet.features = (32, 64, 128)  # Channels of each stage (later stages halve H, W).
     config.resnet.blocks_per_stage = 2  # Basic blocks per stage.
+    config.dtype = "float32"  # Compute dtype, "float32" or "bfloat16" (params stay float32).
     # Optimisation.
     config.num_epochs = 20  # Passes over the training split (~17 s each on a 2-core CPU).
     config.batch_size = 128  # Global batch (all devices); must divide by the device count.

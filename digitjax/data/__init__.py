@@ -1,7 +1,8 @@
 """Data sources -> one `Dataset` type: uint8 NHWC images, integer labels, ids, class names.
 
 `load_train` reads the labelled data named by the config; `load_inputs` reads a
-file to predict with the geometry the model was trained on. Images are one uint8
+file to predict with the geometry the model was trained on, its pixel columns
+matched by name to the training file's. Images are one uint8
 array (in RAM or memory-mapped), or for a TFDS split too big for memory
 `tfds_source.LazyImages`, which decodes the rows it is indexed with.
 """
@@ -30,6 +31,7 @@ class Dataset:
     class_names: list[str]  # label id -> name
     source: str  # where it came from, for messages
     writes_submission: bool = True  # a Kaggle pixel CSV: predictions also go to submission.csv
+    columns: tuple[str, ...] | None = None  # a pixel CSV's names of the H*W*C values, in order
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -58,9 +60,11 @@ def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) 
     return _from_table(table, config, shape=None, labelled=True)
 
 
-def load_test(config: ml_collections.ConfigDict, shape, cache_dir) -> Dataset | None:
+def load_test(config: ml_collections.ConfigDict, shape, cache_dir,
+              columns: list[str] | None = None) -> Dataset | None:
     """The test split to predict after training, or None when the config names none:
-    unlabelled, except a TFDS split that has labels (its accuracy is reported)."""
+    unlabelled, except a TFDS split that has labels (its accuracy is reported).
+    `columns`: as for `load_inputs`."""
     if config.data_format == "tfds" and config.tfds_test_split:
         return tfds_source.load_test(config, shape, cache_dir)
     if not config.data_dir:
@@ -71,12 +75,15 @@ def load_test(config: ml_collections.ConfigDict, shape, cache_dir) -> Dataset | 
         test = Path(config.data_dir) / config.test_dir if config.test_dir else None
     if test is None or not test.exists():
         return None
-    return load_inputs(test, config, shape, cache_dir)
+    return load_inputs(test, config, shape, cache_dir, columns)
 
 
-def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) -> Dataset:
+def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None,
+                columns: list[str] | None = None) -> Dataset:
     """Images to predict at `path`: a folder of image files or a pixel CSV, made to
-    the trained input `shape`."""
+    the trained input `shape`. A CSV's pixel columns are put in the order of `columns`
+    (the training file's names) by name; without names (a workdir trained before
+    they were recorded) they are taken by position."""
     path = Path(path)
     if path.is_dir():
         found = images.list_unlabelled(path)
@@ -84,7 +91,7 @@ def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None) 
         return Dataset(images=decoded, labels=None, ids=_stems(found, kept), class_names=[],
                        source=str(path), writes_submission=False)
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
-    return _from_table(table, config, shape=tuple(shape), labelled=False)
+    return _from_table(table, config, shape=tuple(shape), labelled=False, columns=columns)
 
 
 def _stems(paths: list[Path], kept: np.ndarray) -> np.ndarray:
@@ -143,12 +150,16 @@ def _data_file(config, name: str, field: str) -> Path:
     return path
 
 
-def _from_table(table: pixels.PixelTable, config, shape, labelled: bool) -> Dataset:
+def _from_table(table: pixels.PixelTable, config, shape, labelled: bool,
+                columns: list[str] | None = None) -> Dataset:
     num_pixels = table.pixels.shape[1]
+    flat = table.pixels
     if shape is None:
         shape = transforms.infer_image_shape(
             num_pixels, config.image_size, config.channels, source=table.path
         )
+    elif columns:
+        flat = _by_name(table, list(columns), shape)
     elif np.prod(shape) != num_pixels:
         raise UserError(
             f"{table.path}: has {num_pixels} pixel columns, but the model was trained on "
@@ -167,9 +178,37 @@ def _from_table(table: pixels.PixelTable, config, shape, labelled: bool) -> Data
         labels = table.labels.astype(np.int32)
     ids = table.ids if table.ids is not None else np.arange(1, len(table.pixels) + 1)
     return Dataset(
-        images=transforms.reshape_images(table.pixels, shape),
+        images=transforms.reshape_images(flat, shape),
         labels=labels,
         ids=ids,
         class_names=[str(i) for i in range(config.num_classes)],
         source=table.path,
+        columns=tuple(columns) if columns else table.columns,
     )
+
+
+def _by_name(table: pixels.PixelTable, columns: list[str], shape) -> np.ndarray:
+    """`table.pixels` with its columns in the order of the training file's `columns`;
+    a missing or an extra column is refused with its name."""
+    if list(table.columns) == columns:
+        return table.pixels
+    position = {name: i for i, name in enumerate(table.columns)}
+    trained = set(columns)
+    missing = [c for c in columns if c not in position]
+    extra = [c for c in table.columns if c not in trained]
+    if not missing and not extra:
+        return table.pixels[:, [position[c] for c in columns]]
+    if len(table.columns) != len(columns):
+        what = (f"has {len(table.columns)} pixel columns, but the model was trained on "
+                f"{shape[0]}x{shape[1]}x{shape[2]} = {len(columns)} pixels per image")
+    else:
+        what = "its pixel columns are not those of the training file"
+    found = ([f"missing {_names(missing)}"] if missing else []) + (
+        [f"not in the training file: {_names(extra)}"] if extra else [])
+    raise UserError(f"{table.path}: {what} ({'; '.join(found)}; pixel columns are matched "
+                    "by name, and config.label_column / config.id_column are left out)")
+
+
+def _names(names: list[str], show: int = 5) -> str:
+    quoted = ", ".join(f"'{n}'" for n in names[:show])
+    return quoted if len(names) <= show else f"{quoted}, ... ({len(names)} columns)"

@@ -3,7 +3,9 @@
 `label,pixel0,...,pixel783` (train) or `pixel0,...` (test), optionally an id
 column, plain or `.csv.gz`. Well-formed files take a vectorised numpy parser
 (42,000 x 785 in well under a second); anything it cannot read goes through
-pandas, whose only job is to find the first bad cell and name it.
+pandas, whose only job is to find the first bad cell and name it. Every column
+needs a unique, non-empty name in the header: pixel columns are matched by name
+between the training file and the files predicted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 from digitjax import files
 from digitjax.errors import UserError
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the pixel column names are cached too
 _NEWLINE, _CR, _ZERO = 10, 13, 48
 _CHUNK_BYTES = 4 << 20
 # Byte classes for the fast parser: 0 digit, 1 comma, 2 newline, 3 anything else.
@@ -40,6 +42,7 @@ class PixelTable:
     labels: np.ndarray | None  # (N,) int64; None when the file has no label column
     ids: np.ndarray | None  # (N,) values of the id column; None when there is none
     path: str
+    columns: tuple[str, ...] = ()  # the header names of the P pixel columns, in file order
 
 
 def read_pixel_csv(
@@ -63,6 +66,7 @@ def read_pixel_csv(
                 labels=z["labels"] if z["has_labels"] else None,
                 ids=z["ids"] if z["has_ids"] else None,
                 path=str(path),
+                columns=tuple(z["columns"].tolist()),
             )
     table = _parse(path, label_column, id_column)
     if cache is not None:
@@ -88,6 +92,7 @@ def _write_cache(cache: Path, table: PixelTable) -> None:
                 ids=table.ids if table.ids is not None else np.zeros(0, np.int64),
                 has_labels=table.labels is not None,
                 has_ids=table.ids is not None,
+                columns=np.array(table.columns, dtype=str),
             )
 
     files.atomic_write(cache, write)
@@ -114,6 +119,7 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
     except UnicodeDecodeError:
         raise UserError(f"{path}: line 1 is not a text header (is this a CSV file?)") from None
     columns = [c.strip().strip('"') for c in header.split(",")]
+    _check_header(path, columns)
     end = len(data)
     while end > header_end and data[end - 1] in b"\r\n \t":  # trailing blank lines
         end -= 1
@@ -129,7 +135,7 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
     special_idx = [columns.index(c) for c in special]
     parsed = _parse_in_chunks(body, len(columns), pixel_idx, special_idx)
     if parsed is None:
-        return _parse_slow(path, data, columns, pixel_idx, label_column, id_column)
+        return _parse_slow(path, data[:end], columns, pixel_idx, label_column, id_column)
     pixels, specials, too_big = parsed
     if too_big is not None:
         row, col, value = too_big
@@ -141,7 +147,26 @@ def _parse(path: Path, label_column: str, id_column: str) -> PixelTable:
         labels=get.get(label_column),
         ids=get.get(id_column) if id_column else None,
         path=str(path),
+        columns=tuple(columns[i] for i in pixel_idx),
     )
+
+
+def _check_header(path: Path, columns: list[str]) -> None:
+    """Every column a unique, non-empty name: columns are found and matched by name."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(columns):
+        where = f"{path}, line 1, column {i + 1}"
+        if not name:
+            hint = (" (a trailing comma?)" if i == len(columns) - 1 and i else
+                    " (an index written by pandas' to_csv? write with index=False)" if i == 0
+                    else "")
+            raise UserError(f"{where}: empty column name{hint}; expected a name for every "
+                            "column")
+        if name in seen:
+            hint = " (is the header line missing?)" if name.isdigit() else ""
+            raise UserError(f"{where}: column name '{name}' repeats column {seen[name] + 1}; "
+                            f"expected unique names{hint}")
+        seen[name] = i
 
 
 def _parse_in_chunks(body: np.ndarray, ncols: int, pixel_idx: list[int], special_idx: list[int]):
@@ -218,13 +243,26 @@ def _parse_slow(path, data, columns, pixel_idx, label_column, id_column) -> Pixe
     reads the table when only the id column is non-numeric."""
     try:
         text = data.decode("utf-8-sig")
-        for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}, line {line}: expected UTF-8 text, got the byte "
+                        f"{data[e.start]:#04x}") from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
             if len(row) != len(columns):
-                raise UserError(f"{path}, line {line}: expected {len(columns)} comma-separated "
-                                f"values (as in the header), got {len(row)}")
+                hint = (" (a trailing comma?)" if len(row) == len(columns) + 1 and not row[-1]
+                        else " (an empty line)" if not row else "")
+                raise UserError(f"{path}, line {reader.line_num}: expected {len(columns)} "
+                                f"comma-separated values (as in the header), got "
+                                f"{len(row)}{hint}")
+    except csv.Error as e:
+        raise UserError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+    try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
+    except pd.errors.ParserError as e:
         raise UserError(f"{path}: malformed CSV ({str(e).strip()})") from None
+    frame.columns = columns  # the names as the header check read them (stripped, unquoted)
     pixel_cols = [columns[i] for i in pixel_idx]
     numeric = {}
     for col in pixel_cols + ([label_column] if label_column in columns else []):
@@ -245,4 +283,5 @@ def _parse_slow(path, data, columns, pixel_idx, label_column, id_column) -> Pixe
         labels=numeric[label_column].astype(np.int64) if label_column in numeric else None,
         ids=frame[id_column].to_numpy(dtype=str) if id_column and id_column in columns else None,
         path=str(path),
+        columns=tuple(pixel_cols),
     )

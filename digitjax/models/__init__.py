@@ -1,10 +1,11 @@
 """Models by name: `config.model` picks a class from MODELS, built with the keyword
-arguments in the config's field of the same name (`config.cnn`, `config.resnet`, ...).
-One file per model family."""
+arguments in the config's field of the same name (`config.cnn`, `config.resnet`, ...),
+and the compute dtype named by `config.dtype`. One file per model family."""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from digitjax.models.cnn import CNN
@@ -16,6 +17,10 @@ from digitjax.registry import lookup
 MODELS: dict[str, type[nn.Module]] = {
     "seed_cnn": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet}
 
+# Compute dtypes by name (`config.dtype`): activations and convolutions run in it, while
+# parameters, optimizer state, batch-norm statistics and the logits stay float32.
+DTYPES: dict[str, type] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 def _hashable(value):
     """JSON and the command line give lists; flax module fields want tuples."""
@@ -23,7 +28,10 @@ def _hashable(value):
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """`MODELS[config.model](num_classes=..., **config[config.model])`."""
+    """`MODELS[config.model](num_classes=..., dtype=DTYPES[config.dtype],
+    **config[config.model])`."""
     model = lookup(MODELS, config.model, "model")
+    dtype = lookup(DTYPES, config.get("dtype", "float32"), "dtype")
     kwargs = config.get(config.model) or {}
-    return model(num_classes=num_classes, **{k: _hashable(v) for k, v in kwargs.items()})
+    return model(num_classes=num_classes, dtype=dtype,
+                 **{k: _hashable(v) for k, v in kwargs.items()})

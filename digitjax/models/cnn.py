@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from digitjax.models.layers import batch_norm
+from digitjax.models.layers import batch_norm, classifier
 
 
 class CNN(nn.Module):
@@ -25,17 +27,18 @@ class CNN(nn.Module):
     dense: int = 256
     dropout: float = 0.25
     batch_norm: bool = True
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for f in self.features:
             for _ in range(self.convs_per_stage):
                 k = (self.kernel_size, self.kernel_size)
-                x = nn.Conv(f, k, use_bias=not self.batch_norm)(x)
-                x = nn.relu(batch_norm(train)(x) if self.batch_norm else x)
+                x = nn.Conv(f, k, use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                x = nn.relu(batch_norm(train, dtype=self.dtype)(x) if self.batch_norm else x)
             x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(self.dense, use_bias=not self.batch_norm)(x)
-        x = nn.relu(batch_norm(train)(x) if self.batch_norm else x)
+        x = nn.Dense(self.dense, use_bias=not self.batch_norm, dtype=self.dtype)(x)
+        x = nn.relu(batch_norm(train, dtype=self.dtype)(x) if self.batch_norm else x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return classifier(self.num_classes)(x)

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from digitjax.models.conv import space_to_depth_conv
-from digitjax.models.layers import batch_norm
+from digitjax.models.layers import batch_norm, classifier
 
 
 class ResidualBlock(nn.Module):
     features: int
     stride: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False,
-                    conv_general_dilated=space_to_depth_conv)(x)
-        y = nn.relu(batch_norm(train)(y))
-        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
-        y = batch_norm(train, scale_init=nn.initializers.zeros)(y)  # block starts as identity
+                    conv_general_dilated=space_to_depth_conv, dtype=self.dtype)(x)
+        y = nn.relu(batch_norm(train, dtype=self.dtype)(y))
+        y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+        # the block starts as identity
+        y = batch_norm(train, scale_init=nn.initializers.zeros, dtype=self.dtype)(y)
         if x.shape[-1] != self.features or self.stride != 1:
-            x = batch_norm(train)(nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x))
+            # the batch norm is made before the conv, as ever: their auto-names stay
+            x = batch_norm(train, dtype=self.dtype)(
+                nn.Conv(self.features, (1, 1), self.stride, use_bias=False, dtype=self.dtype)(x))
         return nn.relu(x + y)
 
 
@@ -35,13 +40,15 @@ class ResNet(nn.Module):
     num_classes: int = 10
     features: Sequence[int] = (32, 64, 128)
     blocks_per_stage: int = 2
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.Conv(self.features[0], (3, 3), use_bias=False)(x)
-        x = nn.relu(batch_norm(train)(x))
+        x = nn.Conv(self.features[0], (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = nn.relu(batch_norm(train, dtype=self.dtype)(x))
         for i, f in enumerate(self.features):
             for j in range(self.blocks_per_stage):
-                x = ResidualBlock(f, stride=2 if i > 0 and j == 0 else 1)(x, train)
+                x = ResidualBlock(f, stride=2 if i > 0 and j == 0 else 1, dtype=self.dtype)(
+                    x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+        return classifier(self.num_classes)(x)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from digitjax.models.layers import classifier
 
 
 class SeedCNN(nn.Module):
@@ -15,10 +20,12 @@ class SeedCNN(nn.Module):
     """
 
     num_classes: int = 10
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         glorot = nn.initializers.glorot_uniform()
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", kernel_init=glorot)(x))
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", kernel_init=glorot,
+                             dtype=self.dtype)(x))
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_classes, kernel_init=glorot)(x)
+        return classifier(self.num_classes, kernel_init=glorot)(x)

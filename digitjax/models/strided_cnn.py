@@ -4,12 +4,14 @@ the 99.75% Kaggle digit ensembles."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from digitjax.models.conv import space_to_depth_conv
-from digitjax.models.layers import batch_norm
+from digitjax.models.layers import batch_norm, classifier
 
 
 class StridedCNN(nn.Module):
@@ -22,13 +24,14 @@ class StridedCNN(nn.Module):
     features: Sequence[int] = (32, 64)
     head_features: int = 128
     dropout: float = 0.4
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(x, f, k, stride=1, padding="SAME"):
             x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False,
-                        conv_general_dilated=space_to_depth_conv)(x)
-            return nn.relu(batch_norm(train)(x))
+                        conv_general_dilated=space_to_depth_conv, dtype=self.dtype)(x)
+            return nn.relu(batch_norm(train, dtype=self.dtype)(x))
 
         for f in self.features:
             x = conv(x, f, 3, padding="VALID")
@@ -38,4 +41,4 @@ class StridedCNN(nn.Module):
         x = conv(x, self.head_features, x.shape[1], padding="VALID")  # covers what is left
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return classifier(self.num_classes)(x)
