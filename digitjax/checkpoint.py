@@ -17,6 +17,8 @@ one step each) are read for prediction; resuming them is refused with a message.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -102,9 +104,11 @@ class Checkpoints:
         `checkpoints-damaged/`, so a resumed run can write that step again)."""
         for step in steps:
             try:
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template),
-                                                  meta=ocp.args.JsonRestore()))
+                with _quiet_absl():  # orbax logs the failure at length; we say it in a line
+                    restored = self._manager.restore(
+                        step, args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(template),
+                            meta=ocp.args.JsonRestore()))
                 return restored.state, dict(restored.meta)
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged
                 first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -153,6 +157,17 @@ class Checkpoints:
             raise UserError(f"{self.directory.parent}: no checkpoint to predict with "
                             "(train first)")
         return self.read_meta(step)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _legacy_manager(directory: epath.Path) -> ocp.CheckpointManager:
