@@ -18,6 +18,7 @@ one step each) are read for prediction; resuming them is refused with a message.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Iterable
@@ -115,6 +116,7 @@ class Checkpoints:
                 print(f"warning: checkpoint {self.directory / str(step)} cannot be read "
                       f"({type(e).__name__}: {first}); trying the one before it",
                       file=sys.stderr)
+                _collect_quietly()  # the failed read's coroutines, without their noise
                 if quarantine:
                     self._quarantine(step)
         return None
@@ -157,6 +159,17 @@ class Checkpoints:
             raise UserError(f"{self.directory.parent}: no checkpoint to predict with "
                             "(train first)")
         return self.read_meta(step)
+
+
+def _collect_quietly() -> None:
+    """Collects what a failed restore left behind; orbax's unfinished read coroutines
+    would otherwise print 'Exception ignored' tracebacks whenever they are freed."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda args: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

@@ -128,7 +128,11 @@ class _QuietWriteFailures(std_logging.Filter):
 
     @staticmethod
     def unraisablehook(args) -> None:
-        if not _QuietWriteFailures.noise(args.exc_value):
+        # A failed checkpoint read (reported in one warning line) leaves orbax read
+        # coroutines that raise again when freed: their "Exception ignored" is noise too.
+        code = getattr(args.object, "cr_code", None)
+        orbax_coroutine = code is not None and "orbax" in code.co_filename
+        if not (_QuietWriteFailures.noise(args.exc_value) or orbax_coroutine):
             sys.__unraisablehook__(args)
 
 
