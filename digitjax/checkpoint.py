@@ -64,12 +64,15 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step() if self._manager else None
 
-    def best_step(self) -> int | None:
-        """The epoch-end checkpoint with the best score (ties: the earliest)."""
+    def best_steps(self) -> list[int]:
+        """The epoch-end checkpoints, best score first (ties: the earlier step first)."""
         if not self._manager:
-            return None
+            return []
         scored = [(m["score"], -s) for s in self.steps() if (m := self._manager.metrics(s))]
-        return -max(scored)[1] if scored else None
+        return [-s for _, s in sorted(scored, reverse=True)]
+
+    def best_step(self) -> int | None:
+        return next(iter(self.best_steps()), None)
 
     # --- writing -----------------------------------------------------------------
 
@@ -141,9 +144,7 @@ class Checkpoints:
         when none has a score)."""
         if self.legacy:
             return _restore_legacy(self.directory, template)
-        scored = sorted(((m["score"], -s) for s in self.steps()
-                         if (m := self._manager.metrics(s))), reverse=True)
-        order = [-s for _, s in scored] or sorted(self.steps(), reverse=True)
+        order = self.best_steps() or sorted(self.steps(), reverse=True)
         restored = self.restore(template, order) if order else None
         if restored is None:
             raise UserError(f"{self.directory.parent}: no checkpoint to predict with "
@@ -154,7 +155,7 @@ class Checkpoints:
         """The record of the checkpoint prediction would use, without loading arrays."""
         if self.legacy:
             return _legacy_meta(self.directory)
-        step = self.best_step() if self.best_step() is not None else self.latest_step()
+        step = next(iter(self.best_steps()), self.latest_step())
         if step is None:
             raise UserError(f"{self.directory.parent}: no checkpoint to predict with "
                             "(train first)")

@@ -244,12 +244,8 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
             raise TrainingDiverged(f"{e}; {kept}") from None
         if signum:
             save(state, at)
-            ckpts.wait()
-            raise preemption.Stopped(signum, (
-                f"stopped by {preemption.name(signum)} after step "
-                f"{int(jax.device_get(state.step))} (epoch {at.epoch + 1}, batch {at.batch} "
-                f"of {len(batches)}); saved in {ckpts.directory}; run the same command to "
-                "resume"))
+            raise _stopped(ckpts, signum, f"step {int(jax.device_get(state.step))} (epoch "
+                           f"{at.epoch + 1}, batch {at.batch} of {len(batches)})")
         seconds = time.perf_counter() - start
         record = {"epoch": at.epoch, "step": int(jax.device_get(state.step)),
                   "train_loss": at.sums["loss"] / len(batches),
@@ -272,10 +268,14 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
                                        seconds * (config.num_epochs - at.epoch), is_best))
         signum = stop.signum if jax.process_count() == 1 else stop.agreed()
         if signum and at.epoch < last_epoch:
-            ckpts.wait()
-            raise preemption.Stopped(signum, (
-                f"stopped by {preemption.name(signum)} after epoch {at.epoch}; saved in "
-                f"{ckpts.directory}; run the same command to resume"))
+            raise _stopped(ckpts, signum, f"epoch {at.epoch}")
     if at.epoch >= config.num_epochs and not history:
         console.log(f"{workdir}: already trained for {at.epoch} epochs")
     return history[-1] if history else {"epoch": at.epoch}
+
+
+def _stopped(ckpts: Checkpoints, signum: int, where: str) -> preemption.Stopped:
+    """Waits for the checkpoint just started, then says where the run stopped."""
+    ckpts.wait()
+    return preemption.Stopped(signum, f"stopped by {preemption.name(signum)} after {where}; "
+                              f"saved in {ckpts.directory}; run the same command to resume")
