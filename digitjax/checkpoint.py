@@ -42,7 +42,10 @@ class Checkpoints:
 
     def __init__(self, workdir: epath.PathLike, keep: int = 2, create: bool = True,
                  async_save: bool = True):
-        self.directory = epath.Path(workdir) / "checkpoints"
+        workdir = epath.Path(workdir)
+        if "://" not in str(workdir):  # orbax takes absolute paths only
+            workdir = workdir.absolute()
+        self.directory = workdir / "checkpoints"
         self.legacy = (self.directory / LEGACY_LATEST).is_dir()
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep),

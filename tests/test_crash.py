@@ -283,3 +283,18 @@ def test_two_processes_stop_together_when_one_is_signalled(digits_dir, tmp_path)
     a = np.load(tmp_path / "straight" / "test_probs.npy")
     b = np.load(tmp_path / "run" / "test_probs.npy")
     assert np.array_equal(a, b)
+
+
+def test_a_relative_workdir_trains_and_resumes(digits_dir, tmp_path):
+    """As the README runs it: --workdir=runs/default, relative to where you stand."""
+    config = str(REPO / "configs" / "seed.py")
+    cmd = [sys.executable, "-m", "digitjax.main", "--config", config, "--workdir=runs/x",
+           f"--config.data_dir={digits_dir}", "--config.progress=false"]
+    first = subprocess.run([*cmd, "--config.num_epochs=1"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([*cmd, "--config.num_epochs=2"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout
+    assert (tmp_path / "runs" / "x" / "submission.csv").is_file()
