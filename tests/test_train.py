@@ -163,6 +163,7 @@ def test_ema_follows_the_weights(batch):
 def test_onecycle_schedule_peaks_mid_run():
     config = default.get_config()
     config.schedule, config.num_epochs = "onecycle", 10
+    config.schedule_kwargs = {}  # onecycle takes none (the default's warmup_epochs is refused)
     lr = train.learning_rate_schedule(config, steps_per_epoch=10)
     values = [float(lr(s)) for s in range(100)]
     assert max(values) == pytest.approx(config.learning_rate, rel=1e-3)
@@ -190,8 +191,11 @@ def test_a_run_saved_before_the_newer_fields_resumes_unless_they_change(tmp_path
     config = default.get_config()
     saved = json.loads(config.to_json())
     for field in workdir.ADDED_FIELDS:
-        group, name = field.split(".")
-        del saved[group][name]
+        *groups, name = field.split(".")
+        node = saved
+        for group in groups:
+            node = node[group]
+        del node[name]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     workdir.check_same_run(tmp_path, config)  # the defaults reproduce the older run
     config.augment.shear_deg = 5.0
