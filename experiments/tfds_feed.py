@@ -7,7 +7,7 @@ digits of ../shared/data/tfds, fed four ways, the same batches in the same order
 - grain, 1 and 2 worker processes: the same decode in grain's multiprocess prefetch
   (`MapDataset.source(batches).map(decode).to_iter_dataset().mp_prefetch(...)`).
 
-    pip install grain   # optional: only this script uses it
+    pip install -e ".[bench]"   # grain: optional, only this script uses it
     python experiments/tfds_feed.py [--steps 80] [--rounds 2]
 
 Prints training images/s for each (after 3 warm-up steps; grain's start-up is shown
