@@ -7,8 +7,8 @@ digits of ../shared/data/tfds, fed four ways, the same batches in the same order
 - grain, 1 and 2 worker processes: the same decode in grain's multiprocess prefetch
   (`MapDataset.source(batches).map(decode).to_iter_dataset().mp_prefetch(...)`).
 
-    pip install grain   # optional: only this script uses it
-    python experiments/tfds_feed.py [--steps 80]
+    pip install -e ".[bench]"   # grain: optional, only this script uses it
+    python experiments/tfds_feed.py [--steps 80] [--rounds 2]
 
 Prints training images/s for each (after 3 warm-up steps; grain's start-up is shown
 apart) and writes experiments/results/tfds_feed.md.
@@ -47,6 +47,7 @@ def main() -> None:
     global _LAZY
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
 
     import jax
@@ -75,7 +76,8 @@ def main() -> None:
         return state, fn
 
     rows = []
-    for name, d in (("in memory", memory), ("lazy, in the loop's thread", _LAZY)):
+    feeds = (("in memory", memory), ("lazy, in the loop's thread", _LAZY))
+    for name, d in feeds * a.rounds:  # interleaved: both see the same machine state
         state, fn = fresh()
         start = time.perf_counter()
         for b in timed:
@@ -111,7 +113,7 @@ def main() -> None:
              f"{a.steps} steps after 3 warm-up steps.\n\n"
              + markdown_table(rows, ["feed", "images_per_second", "start_seconds"]))
     write_results("tfds_feed", "Feeding the training step from TFDS: memory, lazy, grain",
-                  table, f"python experiments/tfds_feed.py --steps {a.steps}")
+                  table, f"python experiments/tfds_feed.py --steps {a.steps} --rounds {a.rounds}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ is opened with TFDS's random-access data source (`builder.as_data_source`, what
 `tfds.data_source` returns) in raw-bytes mode; the records are tf.Example protos,
 parsed here with the proto module TFDS ships, and only the image, label and id
 features are decoded (Image features with Pillow, Tensor features by TFDS's own
-numpy decoder). That is 2.4x faster than TFDS's generic per-example decoding
-(42,000 PNG digits in 1.6 s against 3.9 s, experiments/results/tfds.md).
+numpy decoder). That is 2x faster than TFDS's generic per-example decoding
+(the 42,000 PNG digits in 1.8 s against 3.7 s, experiments/results/tfds.md).
 
 A split whose decoded uint8 images fit in `config.tfds_in_memory_mb` is decoded
 once into one array, as the other sources hold theirs. A bigger one becomes
