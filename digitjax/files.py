@@ -41,6 +41,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

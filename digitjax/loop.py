@@ -16,13 +16,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from digitjax import augment, checkpoint, console, files, parallel, transforms
+from digitjax import augment, checkpoint, console, files, model_summary, parallel, transforms
 from digitjax import workdir as runs
 from digitjax.config_checks import check_config
-from digitjax.data import Dataset, embedded, load_train
+from digitjax.data import Dataset, describe, embedded, load_train
 from digitjax.data.sampling import epoch_batches, padded_batches, stratified_split
 from digitjax.errors import TrainingDiverged, UserError
-from digitjax.train import TrainState, create_train_state, eval_step, train_step
+from digitjax.metrics_writer import MetricsWriter
+from digitjax.train import (
+    TrainState,
+    create_train_state,
+    eval_step,
+    learning_rate_schedule,
+    train_step,
+)
 
 FETCH_EVERY = 20  # steps between metric fetches (NaN checks and progress updates)
 
@@ -88,11 +95,13 @@ def evaluate(eval_fn, state, data: Dataset, indices: np.ndarray, batch_size: int
 
 
 def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
-                progress: console.Progress) -> tuple[TrainState, dict]:
+                progress: console.Progress,
+                writer: MetricsWriter | None = None) -> tuple[TrainState, dict]:
     """One pass over `batches` (global row indices); (state, mean train metrics).
 
     Metrics are fetched every FETCH_EVERY steps, so the host runs ahead of the device;
-    a non-finite loss stops the run there, naming the step it first appeared at.
+    a non-finite loss stops the run there, naming the step it first appeared at. Each
+    fetch updates the progress bar and logs the fetched steps' mean to `writer`.
     """
     rows = parallel.process_rows(batches.shape[1])
     step0 = int(jax.device_get(state.step))
@@ -103,7 +112,8 @@ def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
                                   parallel.global_array(data.labels[idx], mesh))
         pending.append(metrics)
         if len(pending) == FETCH_EVERY or i == len(batches) - 1:
-            for j, m in enumerate(jax.device_get(pending)):
+            fetched = jax.device_get(pending)
+            for j, m in enumerate(fetched):
                 if not np.isfinite(m["loss"]):
                     raise TrainingDiverged(
                         f"train loss became {float(m['loss'])} at step {step0 + seen + j + 1} "
@@ -111,8 +121,11 @@ def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
                         f"{progress.epoch}): lower config.learning_rate or set "
                         "config.grad_clip_norm")
                 sums = {k: sums[k] + float(m[k]) for k in sums}
-            seen, pending = seen + len(pending), []
+            seen, pending = seen + len(fetched), []
             progress.update(seen, sums)
+            if writer is not None:
+                writer.steps(step0 + seen, {k: float(np.mean([m[k] for m in fetched]))
+                                            for k in sums})
     return state, {k: v / seen for k, v in sums.items()}
 
 
@@ -160,21 +173,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     train_fn = make_train_fn(config, norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
+    writer = MetricsWriter(workdir, learning_rate_schedule(config, steps_per_epoch),
+                           start_step=int(jax.device_get(state.step)))
+    if meta["epoch"] < last_epoch:
+        describe_run(config, workdir, data, (train_idx, val_idx), writer)
     for epoch in range(meta["epoch"] + 1, last_epoch + 1):
         start = time.perf_counter()
         batches = epoch_batches(train_idx, config.batch_size, config.seed, epoch)
-        progress = console.Progress(config.progress, epoch, config.num_epochs, len(batches))
         try:
-            state, train_metrics = train_epoch(train_fn, state, data, batches, mesh, progress)
+            with console.Progress(config.progress, epoch, config.num_epochs,
+                                  len(batches)) as progress:
+                state, train_metrics = train_epoch(train_fn, state, data, batches, mesh,
+                                                   progress, writer)
         except TrainingDiverged as e:
+            writer.close()
             kept = (f"epoch {meta['epoch']}'s checkpoint in {workdir / 'checkpoints'} is intact"
                     if meta["epoch"] else "no checkpoint was saved")
             raise TrainingDiverged(f"{e}; {kept}") from None
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "step": int(jax.device_get(state.step)),
+        step = int(jax.device_get(state.step))
+        record = {"epoch": epoch, "step": step,
                   "train_loss": train_metrics["loss"],
                   "train_accuracy": train_metrics["accuracy"], "seconds": seconds,
-                  "images_per_second": batches.size / seconds}
+                  "images_per_second": batches.size / seconds,
+                  "learning_rate": writer.learning_rate(step)}
         if len(val_idx):
             val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -186,9 +208,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
             files.write_text(workdir / "metrics.jsonl",
                              "".join(json.dumps(r) + "\n" for r in history))
+        writer.epoch(record)
         checkpoint.save(workdir, state, meta, best=is_best)
         console.log(console.epoch_line(record, config.num_epochs,
                                        seconds * (config.num_epochs - epoch), is_best))
+    writer.close()
     if meta["epoch"] >= config.num_epochs and not history:
         console.log(f"{workdir}: already trained for {meta['epoch']} epochs")
     return history[-1] if history else {"epoch": meta["epoch"]}
+
+
+def describe_run(config: ml_collections.ConfigDict, workdir: Path, data: Dataset, split,
+                 writer: MetricsWriter) -> None:
+    """Before the first epoch of an invocation: the model summary printed, and with the
+    data summary in run_info.json (for the report); the config and the model summary
+    as TensorBoard text."""
+    summary = model_summary.summarize(config, data.image_shape, len(data.class_names))
+    console.log(model_summary.text(summary))
+    if parallel.is_writer():
+        files.write_json(workdir / runs.RUN_INFO, {"data": describe(data, *split),
+                                                   "model": summary})
+    writer.config(config.to_json())
+    writer.text("model", model_summary.text(summary))

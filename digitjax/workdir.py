@@ -12,10 +12,12 @@ import ml_collections
 
 from digitjax.errors import UserError
 
+RUN_INFO = "run_info.json"  # the data and model summaries, written when training starts
+
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
                      "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
-                     "compilation_cache_dir")
+                     "compilation_cache_dir", "plots")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value.
@@ -111,13 +113,17 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def read_history(workdir: Path, last_epoch: int) -> list[dict]:
-    """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
+def read_metrics(workdir: Path) -> list[dict]:
+    """Every record of metrics.jsonl ([] when there is none)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= last_epoch]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_history(workdir: Path, last_epoch: int) -> list[dict]:
+    """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
+    return [r for r in read_metrics(workdir) if r["epoch"] <= last_epoch]
 
 
 def checkpoint_record(config: ml_collections.ConfigDict, record: dict, best_score: float,

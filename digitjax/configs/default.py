@@ -79,4 +79,5 @@ def get_config() -> ml_collections.ConfigDict:
     # jax's persistent compilation cache (a second run skips compiling); "" turns it off.
     config.compilation_cache_dir = "~/.cache/digitjax/jax"
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
+    config.plots = True  # After training: PNG plots and report.html in the workdir (none during).
     return config
