@@ -10,12 +10,14 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from digitjax import augment, checkpoint, files, parallel, transforms
+from digitjax import augment, checkpoint, console, files, parallel, scores, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
 from digitjax.data.sampling import padded_batches, stratified_split
 from digitjax.errors import UserError
 from digitjax.train import TrainState, apply_model, create_train_state
 from digitjax.workdir import saved_config
+
+PRINT_AT_MOST = 20  # --mode=predict prints each image's class for this many images or fewer
 
 
 def restore_best(config: ml_collections.ConfigDict, workdir: str | Path):
@@ -94,7 +96,9 @@ def predict_test_set(config: ml_collections.ConfigDict, workdir: str | Path,
 def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
                       restored=None) -> dict:
     """The best checkpoint on the validation split, with and without test-time
-    augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json."""
+    augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json, which
+    also holds precision, recall, F1 and support per class and the confusion matrix
+    (of val_probs.npy: with test-time augmentation when it is set)."""
     workdir = Path(workdir)
     state, meta = restored or restore_best(config, workdir)
     data = load_train(config, workdir / "cache")
@@ -109,6 +113,8 @@ def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
     if config.tta_shifts:
         probs = predict_probs(state, images, config, meta["normalization"])
         summary["val_accuracy_tta"] = float(np.mean(probs.argmax(1) == labels))
+    scored = scores.score(labels, probs, meta["class_names"])  # of val_probs.npy (TTA if set)
+    summary.update({k: scored[k] for k in ("macro_f1", "per_class", "confusion_matrix")})
     if parallel.is_writer():
         files.write_npy(workdir / "val_probs.npy", probs)
         files.write_npy(workdir / "val_labels.npy", labels)
@@ -118,12 +124,17 @@ def validation_report(config: ml_collections.ConfigDict, workdir: str | Path,
 
 def predict_path(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str,
                  out_dir: str | Path) -> list[Path]:
-    """`--mode=predict`: predicts the images at `input_path` with the workdir's best
-    checkpoint; nothing is retrained."""
+    """`--mode=predict`: predicts the images at `input_path` (a folder of images, one
+    image file or a pixel CSV) with the workdir's best checkpoint; nothing is retrained.
+    Up to PRINT_AT_MOST images are also printed: id, class and its probability."""
     workdir = Path(workdir)
     config = saved_config(workdir, config)
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"])
     probs = predict_probs(state, data.images, config, meta["normalization"])
+    if len(probs) <= PRINT_AT_MOST:
+        for ident, p in zip(data.ids, probs, strict=True):
+            console.log(f"{ident}: {meta['class_names'][p.argmax()]} "
+                        f"(probability {p.max():.4f})")
     return write_predictions(Path(out_dir), data, probs, meta["class_names"],
                              data.writes_submission)
