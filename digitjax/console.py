@@ -55,8 +55,8 @@ class Progress:
         """`done` steps of the epoch so far; `sums`: their summed loss and accuracy."""
         if not self.enabled or not done:
             return
-        self._bar.set_postfix(loss=f"{sums['loss'] / done:.4f}",
-                              acc=f"{sums['accuracy'] / done:.4f}", refresh=False)
+        self._bar.set_postfix({"loss": f"{sums['loss'] / done:.4f}",
+                               "acc": f"{sums['accuracy'] / done:.4f}"}, refresh=False)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:

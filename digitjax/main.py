@@ -18,17 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from digitjax import (
-    compile_cache,
-    console,
-    evaluate,
-    loop,
-    parallel,
-    plots,
-    predict,
-    report,
-    scores,
-)
+from digitjax import compile_cache, console, loop, parallel, predict, scores
 from digitjax.configs import default
 from digitjax.errors import UserError
 
@@ -77,6 +67,8 @@ def run(argv: list[str]) -> None:
     if _MODE.value == "train":
         train(config, workdir)
     elif _MODE.value == "report":
+        from digitjax import report  # imported where used: matplotlib and scikit-learn load slowly
+
         if _WORKDIRS.value:
             written = report.write_comparison(_WORKDIRS.value, _OUTPUT_DIR.value or None)
         else:
@@ -90,6 +82,8 @@ def run(argv: list[str]) -> None:
             written = predict.predict_path(config, workdir, _INPUT.value,
                                            _OUTPUT_DIR.value or workdir)
         else:
+            from digitjax import evaluate
+
             result, written = evaluate.evaluate_path(
                 config, workdir, _INPUT.value, _OUTPUT_DIR.value or workdir / "evaluation")
             console.log(f"{_INPUT.value}: accuracy {result['accuracy']:.4f} on "
@@ -117,7 +111,9 @@ def train(config, workdir: Path) -> None:
         console.log(scores.format_table(summary["per_class"]))
     for path in predict.predict_test_set(config, workdir, best):
         console.log(f"wrote {path}")
-    if config.plots:
+    if config.plots and parallel.is_writer():  # from the files: process 0 alone
+        from digitjax import plots, report
+
         for path in plots.write_run_plots(config, workdir):
             console.log(f"wrote {path}")
         console.log(f"wrote {report.write_report(config, workdir)}")

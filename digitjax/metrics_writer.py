@@ -9,14 +9,17 @@ optimizer step, so per-epoch and per-step curves share one x axis:
   stretch of steps the loop fetches together (every `loop.FETCH_EVERY` steps);
 - the config and the model summary as text.
 
-A resumed run starts a new event file that purges the steps past its checkpoint, so
-TensorBoard shows what metrics.jsonl holds. Process 0 alone writes; elsewhere every call
-does nothing.
+Each epoch's events go to a file of their own, closed when the epoch is recorded (the
+writer's queue is drained only on close), so whatever metrics.jsonl and the checkpoint
+hold is on disk too. Each file starts with a marker that hides the events of earlier
+files from its first step on: a run resumed after a crash shows each step once, as
+metrics.jsonl does. Process 0 alone writes; elsewhere every call does nothing.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,13 +29,14 @@ SUBDIR = "tensorboard"
 
 
 class MetricsWriter:
-    """Opens its event file on the first write: a run with nothing to train writes none."""
+    """Opens an event file on the first write after each epoch: a run with nothing to
+    train writes none."""
 
     def __init__(self, workdir: str | Path, learning_rate: Callable[[int], float],
                  start_step: int = 0):
         self.logdir = Path(workdir) / SUBDIR
         self._learning_rate = learning_rate  # the schedule: update count -> rate
-        self._start_step = start_step
+        self._start_step = start_step  # the last step already recorded
         self._writer = None
 
     def _open(self):
@@ -40,8 +44,11 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter  # imported late: only process 0 writes
 
             # A START event at the first new step hides older files' events from there on.
+            # The suffix keeps two files opened within one second from sharing a name
+            # (tensorboardX names files by the second), in the order they were opened.
             self._writer = SummaryWriter(logdir=str(self.logdir),
-                                         purge_step=self._start_step + 1, flush_secs=30)
+                                         purge_step=self._start_step + 1, flush_secs=30,
+                                         filename_suffix=f".{time.time_ns()}")
         return self._writer
 
     def learning_rate(self, step: int) -> float:
@@ -49,7 +56,7 @@ class MetricsWriter:
         return float(self._learning_rate(max(step - 1, 0)))
 
     def text(self, tag: str, text: str) -> None:
-        """A block of text (shown as code) at the run's first new step."""
+        """A block of text (shown as code) at the last recorded step."""
         if w := self._open():
             body = "\n".join("    " + line for line in text.splitlines())
             w.add_text(tag, body, global_step=self._start_step)
@@ -65,12 +72,14 @@ class MetricsWriter:
             w.add_scalar("steps/learning_rate", self.learning_rate(step), step)
 
     def epoch(self, record: dict) -> None:
-        """Every number of an epoch's metrics.jsonl record, at its step."""
+        """Every number of an epoch's metrics.jsonl record, at its step; then the file is
+        closed, all of it on disk."""
         if w := self._open():
             for name, value in record.items():
                 if name not in ("epoch", "step") and isinstance(value, int | float):
                     w.add_scalar(f"epoch/{name}", value, record["step"])
-            w.flush()
+        self.close()
+        self._start_step = record["step"]
 
     def close(self) -> None:
         if self._writer is not None:

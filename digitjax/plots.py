@@ -48,8 +48,7 @@ def learning_curves(history: list[dict]) -> bytes:
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o",
                         label=f"{'validation' if split == 'val' else 'train'} {metric}")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, epochs)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -82,12 +81,13 @@ def mistakes(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
         fig.text(0.5, 0.5, f"{title}: none (all {len(labels)} correct)", ha="center",
                  va="center")
         return png(fig)
-    rows = math.ceil(len(worst) / _COLUMNS)
-    fig = Figure(figsize=(1.6 * _COLUMNS, 1.95 * rows + 0.4), layout="constrained")
+    columns = min(_COLUMNS, len(worst))
+    rows = math.ceil(len(worst) / columns)
+    fig = Figure(figsize=(max(1.6 * columns, 6.4), 1.95 * rows + 0.4), layout="constrained")
     shown = "most confident first" if len(worst) == wrong else \
         f"the {len(worst)} most confident shown"
     fig.suptitle(f"{title}: {wrong} wrong of {len(labels)}, {shown}")
-    for i, ax in enumerate(np.asarray(fig.subplots(rows, _COLUMNS)).reshape(-1)):
+    for i, ax in enumerate(np.asarray(fig.subplots(rows, columns)).reshape(-1)):
         ax.set_axis_off()
         if i >= len(worst):
             continue
@@ -112,12 +112,20 @@ def compare_curves(histories: dict[str, list[dict]]) -> bytes:
             ax.plot([r["epoch"] for r in history],
                     [r.get(f"{split}_{metric}", np.nan) for r in history], marker="o",
                     label=f"{name} ({'validation' if split == 'val' else 'train'})")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, sorted({r["epoch"] for h in histories.values() for r in h}))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return png(fig)
+
+
+def _epoch_axis(ax, epochs: list[int]) -> None:
+    """Whole epochs on the x axis: each one while they are few."""
+    ax.set_xlabel("epoch")
+    if len(epochs) <= 20:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _short(name: str, width: int = 14) -> str:

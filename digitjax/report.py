@@ -104,12 +104,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str | Path) -> Path
     `<workdir>/plots/`, making any that are missing from the workdir's files."""
     run = load_run(workdir)
     figures, note = _figures(config, run.workdir)
-    latest, best = (checkpoint.read_meta(run.workdir, kind)
-                    for kind in (checkpoint.LATEST, checkpoint.BEST))
-    checkpoints = [{"kind": kind, "path": str((run.workdir / "checkpoints" / kind).resolve()),
-                    "epoch": meta["epoch"], "val_accuracy": meta.get("val_accuracy")}
-                   for kind, meta in (("latest", latest), ("best", best)) if meta]
-    html = _render(_REPORT, title=f"digitjax report: {run.name}", run=run, figures=figures, note=note,
+    checkpoints = _checkpoints(run)
+    html = _render(_REPORT, title=f"digitjax report: {run.name}", run=run, figures=figures,
+                   note=note,
                    facts=run.facts(), config=_flatten(run.config),
                    data=run.info.get("data"), model=run.info.get("model"),
                    headline=model_summary.headline(run.info["model"])
@@ -169,6 +166,21 @@ def _figures(config: ml_collections.ConfigDict, workdir: Path) -> tuple[dict[str
         made = {plots.LEARNING_CURVES: plots.learning_curves(read_metrics(workdir))}
         return {n: _data_uri(png) for n, png in made.items()}, f"Some plots are missing: {e}"
     return {n: _data_uri(png) for n, png in made.items()}, ""
+
+
+def _checkpoints(run: Run) -> list[dict]:
+    """Where the latest and best checkpoints are, and their epochs (orbax keeps each under
+    checkpoints/<kind>/<epoch>/), read from the folders alone."""
+    found = []
+    for kind in (checkpoint.LATEST, checkpoint.BEST):
+        folder = run.workdir / "checkpoints" / kind
+        epochs = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] \
+            if folder.is_dir() else []
+        if epochs:
+            record = {r["epoch"]: r for r in run.history}.get(max(epochs), {})
+            found.append({"kind": kind, "path": str((folder / str(max(epochs))).resolve()),
+                          "epoch": max(epochs), "val_accuracy": record.get("val_accuracy")})
+    return found
 
 
 def _mean(values) -> float:
