@@ -235,3 +235,23 @@ def load(workdir: epath.PathLike, template_fn, which: str = "best") -> tuple[Any
         return restored
     finally:
         ckpts.close()
+
+
+def listing(workdir: epath.PathLike) -> list[dict]:
+    """The newest and the best checkpoint of `workdir` (read only; [] when none):
+    kind, path, epoch, step and validation accuracy from each one's record."""
+    ckpts = Checkpoints(workdir, create=False)
+    try:
+        if ckpts.legacy:
+            return [{"kind": "latest (older layout)", "path": str(ckpts.directory / LEGACY_LATEST),
+                     **{k: _legacy_meta(ckpts.directory).get(k) for k in ("epoch", "step")}}]
+        found = []
+        for kind, step in (("latest", ckpts.latest_step()), ("best", ckpts.best_step())):
+            if step is not None:
+                meta = ckpts.read_meta(step)
+                found.append({"kind": kind, "path": str(ckpts.directory / str(step)),
+                              "epoch": meta.get("epoch"), "step": step,
+                              "val_accuracy": meta.get("val_accuracy")})
+        return found
+    finally:
+        ckpts.close()

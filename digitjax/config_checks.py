@@ -27,6 +27,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
     need(config.learning_rate > 0, "learning_rate", "a number > 0")
     need(0 <= config.val_fraction < 1, "val_fraction", "a number in [0, 1)")
+    need(config.num_folds == 0 or config.num_folds >= 2, "num_folds", "0 (off) or >= 2")
+    need(config.num_folds == 0 and config.fold == 0 or 0 <= config.fold < config.num_folds,
+         "fold", f"0..{max(config.num_folds - 1, 0)} (config.num_folds - 1)")
+    need(0 < config.bag_fraction <= 1, "bag_fraction", "a number in (0, 1]")
+    need(config.predict_checkpoint in ("best", "last"), "predict_checkpoint",
+         "'best' or 'last'")
     need(config.num_classes >= 2, "num_classes", "an integer >= 2")
     need(config.normalization in ("unit", "standardize"), "normalization",
          "'unit' or 'standardize'")

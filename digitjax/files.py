@@ -56,6 +56,14 @@ def write_text(path: epath.PathLike, text: str) -> epath.Path:
     return atomic_write(path, write)
 
 
+def write_bytes(path: epath.PathLike, data: bytes) -> epath.Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
 def write_json(path: epath.PathLike, obj: Any) -> epath.Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

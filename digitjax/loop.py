@@ -19,14 +19,30 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from digitjax import augment, console, faults, files, parallel, preemption, transforms
+from digitjax import (
+    augment,
+    console,
+    faults,
+    files,
+    model_summary,
+    parallel,
+    preemption,
+    transforms,
+)
 from digitjax import workdir as runs
 from digitjax.checkpoint import Checkpoints
 from digitjax.config_checks import check_config
-from digitjax.data import Dataset, embedded, load_train
-from digitjax.data.sampling import epoch_batches, padded_batches, stratified_split
+from digitjax.data import Dataset, describe, embedded, load_train
+from digitjax.data.sampling import epoch_batches, padded_batches, train_val_rows
 from digitjax.errors import TrainingDiverged, UserError
-from digitjax.train import TrainState, create_train_state, eval_step, train_step
+from digitjax.metrics_writer import MetricsWriter
+from digitjax.train import (
+    TrainState,
+    create_train_state,
+    eval_step,
+    learning_rate_schedule,
+    train_step,
+)
 
 FETCH_EVERY = 20  # steps between metric fetches (NaN checks and progress updates)
 
@@ -103,7 +119,8 @@ class Position:
 
 def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
                 progress: console.Progress, at: Position, stop: preemption.StopFlag,
-                save_every: int = 0, save=None) -> tuple[TrainState, Position, int]:
+                save_every: int = 0, save=None,
+                writer: MetricsWriter | None = None) -> tuple[TrainState, Position, int]:
     """Steps through `batches[at.batch:]` (global row indices) from position `at`;
     returns (state, the position reached, the signal that stopped it or 0).
 
@@ -111,7 +128,8 @@ def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
     a non-finite loss stops the run there, naming the step it first appeared at. A
     stop request is honoured after the step in flight (one process), or at the next
     fetch, where all processes agree on it. `save(state, position)` is called every
-    `save_every` steps inside the epoch.
+    `save_every` steps inside the epoch. Each fetch updates the progress bar and logs
+    the fetched steps' mean train metrics to `writer`.
     """
     rows = parallel.process_rows(batches.shape[1])
     sums, pending, done = dict(at.sums), [], at.batch
@@ -119,7 +137,8 @@ def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
 
     def flush() -> None:
         nonlocal sums, pending
-        for j, m in enumerate(jax.device_get(pending)):
+        fetched = jax.device_get(pending)
+        for j, m in enumerate(fetched):
             if not np.isfinite(m["loss"]):
                 bad = done - len(pending) + j + 1
                 raise TrainingDiverged(
@@ -129,6 +148,9 @@ def train_epoch(train_fn, state, data: Dataset, batches: np.ndarray, mesh,
             sums = {k: sums[k] + float(m[k]) for k in sums}
         pending = []
         progress.update(done, sums)
+        if writer is not None and fetched:
+            writer.steps(step0 + done, {k: float(np.mean([m[k] for m in fetched]))
+                                        for k in sums})
 
     for i in range(at.batch, len(batches)):
         idx = batches[i][rows]
@@ -171,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
 def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     data = load_train(config, runs.cache_dir(workdir))
     faults.point("data_loaded")
-    train_idx, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
+    train_idx, val_idx = train_val_rows(data.labels, config)
     steps_per_epoch = len(train_idx) // config.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"config.batch_size: expected at most the {len(train_idx)} training "
@@ -230,45 +252,58 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
     train_fn = make_train_fn(config, norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
-    while at.epoch < last_epoch:
-        start = time.perf_counter()
-        batches = epoch_batches(train_idx, config.batch_size, config.seed, at.epoch + 1)
-        progress = console.Progress(config.progress, at.epoch + 1, config.num_epochs,
-                                    len(batches))
-        try:
-            state, at, signum = train_epoch(train_fn, state, data, batches, mesh, progress, at,
-                                            stop, config.checkpoint_every_steps, save)
-        except TrainingDiverged as e:
-            kept = (f"the checkpoints in {ckpts.directory} are intact" if ckpts.steps()
-                    else "no checkpoint was saved")
-            raise TrainingDiverged(f"{e}; {kept}") from None
-        if signum:
-            save(state, at)
-            raise _stopped(ckpts, signum, f"step {int(jax.device_get(state.step))} (epoch "
-                           f"{at.epoch + 1}, batch {at.batch} of {len(batches)})")
-        seconds = time.perf_counter() - start
-        record = {"epoch": at.epoch, "step": int(jax.device_get(state.step)),
-                  "train_loss": at.sums["loss"] / len(batches),
-                  "train_accuracy": at.sums["accuracy"] / len(batches), "seconds": seconds,
-                  "images_per_second": batches.size / seconds}
-        at = Position(at.epoch)
-        if len(val_idx):
-            val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        score = record.get("val_accuracy", at.epoch)  # without validation, the newest is best
-        is_best = score > best
-        best = max(score, best)
-        history.append(record)
-        if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
-            files.write_text(workdir / "metrics.jsonl",
-                             "".join(json.dumps(r) + "\n" for r in history))
-        faults.point("metrics_written")
-        save(state, at, score, record.get("val_accuracy"))
-        console.log(console.epoch_line(record, config.num_epochs,
-                                       seconds * (config.num_epochs - at.epoch), is_best))
-        signum = stop.signum if jax.process_count() == 1 else stop.agreed()
-        if signum and at.epoch < last_epoch:
-            raise _stopped(ckpts, signum, f"epoch {at.epoch}")
+    writer = MetricsWriter(workdir, learning_rate_schedule(config, len(train_idx)
+                                                           // config.batch_size),
+                           start_step=int(jax.device_get(state.step)))
+    if at.epoch < last_epoch:
+        describe_run(config, workdir, data, (train_idx, val_idx), writer)
+    try:
+        while at.epoch < last_epoch:
+            start = time.perf_counter()
+            batches = epoch_batches(train_idx, config.batch_size, config.seed, at.epoch + 1)
+            try:
+                with console.Progress(config.progress, at.epoch + 1, config.num_epochs,
+                                      len(batches)) as progress:
+                    state, at, signum = train_epoch(
+                        train_fn, state, data, batches, mesh, progress, at, stop,
+                        config.checkpoint_every_steps, save, writer)
+            except TrainingDiverged as e:
+                kept = (f"the checkpoints in {ckpts.directory} are intact" if ckpts.steps()
+                        else "no checkpoint was saved")
+                raise TrainingDiverged(f"{e}; {kept}") from None
+            if signum:
+                save(state, at)
+                raise _stopped(ckpts, signum, f"step {int(jax.device_get(state.step))} "
+                               f"(epoch {at.epoch + 1}, batch {at.batch} of {len(batches)})")
+            seconds = time.perf_counter() - start
+            step = int(jax.device_get(state.step))
+            record = {"epoch": at.epoch, "step": step,
+                      "train_loss": at.sums["loss"] / len(batches),
+                      "train_accuracy": at.sums["accuracy"] / len(batches),
+                      "seconds": seconds, "images_per_second": batches.size / seconds,
+                      "learning_rate": writer.learning_rate(step)}
+            at = Position(at.epoch)
+            if len(val_idx):
+                val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            score = record.get("val_accuracy", at.epoch)  # without validation, newest is best
+            is_best = score > best
+            best = max(score, best)
+            history.append(record)
+            if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
+                files.write_text(workdir / "metrics.jsonl",
+                                 "".join(json.dumps(r) + "\n" for r in history))
+            faults.point("metrics_written")
+            writer.epoch(record)
+            save(state, at, score, record.get("val_accuracy"))
+            console.log(console.epoch_line(record, config.num_epochs,
+                                           seconds * (config.num_epochs - at.epoch), is_best,
+                                           len(val_idx)))
+            signum = stop.signum if jax.process_count() == 1 else stop.agreed()
+            if signum and at.epoch < last_epoch:
+                raise _stopped(ckpts, signum, f"epoch {at.epoch}")
+    finally:
+        writer.close()
     if at.epoch >= config.num_epochs and not history:
         console.log(f"{workdir}: already trained for {at.epoch} epochs")
     return history[-1] if history else {"epoch": at.epoch}
@@ -279,3 +314,17 @@ def _stopped(ckpts: Checkpoints, signum: int, where: str) -> preemption.Stopped:
     ckpts.wait()
     return preemption.Stopped(signum, f"stopped by {preemption.name(signum)} after {where}; "
                               f"saved in {ckpts.directory}; run the same command to resume")
+
+
+def describe_run(config: ml_collections.ConfigDict, workdir: epath.Path, data: Dataset, split,
+                 writer: MetricsWriter) -> None:
+    """Before the first epoch of an invocation: the model summary printed, and with the
+    data summary in run_info.json (for the report); the config and the model summary
+    as TensorBoard text."""
+    summary = model_summary.summarize(config, data.image_shape, len(data.class_names))
+    console.log(model_summary.text(summary))
+    if parallel.is_writer():
+        files.write_json(workdir / runs.RUN_INFO, {"data": describe(data, *split),
+                                                   "model": summary})
+    writer.config(config.to_json())
+    writer.text("model", model_summary.text(summary))

@@ -1,9 +1,13 @@
-"""Command line: train (then predict the test split) or predict with a trained workdir.
+"""Command line: train (then predict the test split, plot and report), or with a
+trained workdir predict, evaluate on labelled data, or report (one run, or several
+side by side).
 
     python -m digitjax.main --config configs/default.py --workdir runs/default \
         --config.data_dir=path/to/digit-recognizer
-    python -m digitjax.main --config configs/default.py --workdir runs/default \
-        --mode=predict --input=path/to/test.csv
+    python -m digitjax.main --workdir runs/default --mode=predict --input=path/to/test.csv
+    python -m digitjax.main --workdir runs/default --mode=evaluate --input=path/to/labelled
+    python -m digitjax.main --mode=report --workdir runs/default
+    python -m digitjax.main --mode=report --workdirs=runs/a,runs/b --output_dir=runs
 """
 
 from __future__ import annotations
@@ -18,54 +22,82 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from digitjax import compile_cache, console, loop, parallel, predict, preemption
+from digitjax import compile_cache, console, loop, parallel, predict, preemption, scores
+from digitjax.configs import default
 from digitjax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py); other modes read the workdir's own.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run folder; default runs/<config name>.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "predict"], "Train, or predict --input.")
-_INPUT = flags.DEFINE_string("input", "", "With --mode=predict: the images to predict.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "With --mode=predict: default the workdir.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "predict", "evaluate", "report"],
+                          "Train; predict or evaluate --input; report a workdir (or --workdirs).")
+_INPUT = flags.DEFINE_string(
+    "input", "", "predict: images (folder, image file, pixel CSV); evaluate: labelled data "
+    "(class folders, labels CSV, pixel CSV with labels).")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", "", "predict: default the workdir; evaluate: default <workdir>/evaluation; "
+    "report --workdirs: default their common parent.")
+_WORKDIRS = flags.DEFINE_list("workdirs", [], "--mode=report: trained workdirs to compare.")
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_epoch", 0, "End this invocation after that epoch (0: run to num_epochs).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config"])
 
 
 def run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-    config_path = flags.FLAGS["config"].config_filename
-    try:
-        config = _CONFIG.value
-        config.to_dict()  # the loader defers its errors to the first access
-    except Exception as e:  # noqa: BLE001 - the loader raises several kinds; all mean one thing
-        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-        raise UserError(f"--config: cannot load '{config_path}' ({first}; expected a config "
-                        "file defining get_config(), such as configs/default.py)") from None
-    workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path).stem))
+    config_path = flags.FLAGS["config"].config_filename if flags.FLAGS["config"].present else None
+    if config_path is None:  # the modes that read a trained workdir have its config.json
+        if _MODE.value == "train":
+            raise UserError("--config: expected a config file to train, such as "
+                            "configs/default.py")
+        if not _WORKDIR.value and not (_MODE.value == "report" and _WORKDIRS.value):
+            raise UserError(f"--workdir: expected the trained run's folder for --mode="
+                            f"{_MODE.value}")
+        config = default.get_config()
+    else:
+        try:
+            config = _CONFIG.value
+            config.to_dict()  # the loader defers its errors to the first access
+        except Exception as e:  # noqa: BLE001 - the loader raises several kinds; all mean one
+            text = str(e).strip()
+            first = text.splitlines()[-1].strip() if text else type(e).__name__
+            raise UserError(f"--config: cannot load '{config_path}' ({first}; expected a "
+                            "config file defining get_config(), such as configs/default.py)"
+                            ) from None
+    workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path or "").stem))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compile_cache.enable(config.get("compilation_cache_dir", ""))
     if _MODE.value == "train":
-        result = loop.train_and_evaluate(config, workdir, _STOP_AFTER.value)
-        if result["epoch"] < config.num_epochs:
-            console.log(f"stopped after epoch {result['epoch']}; run again to resume")
-            return
-        best = predict.restore_best(config, workdir)
-        report = predict.validation_report(config, workdir, best)
-        if report:
-            console.log("best checkpoint: " + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
-        for path in predict.predict_test_set(config, workdir, best):
-            console.log(f"wrote {path}")
+        train(config, workdir)
+    elif _MODE.value == "report":
+        from digitjax import report  # imported where used: matplotlib and scikit-learn load slowly
+
+        if _WORKDIRS.value:
+            written = report.write_comparison(_WORKDIRS.value, _OUTPUT_DIR.value or None)
+        else:
+            written = report.write_report(config, workdir)
+        console.log(f"wrote {written}")
     else:
         if not _INPUT.value:
-            raise UserError("--input: expected the images to predict with --mode=predict")
-        for path in predict.predict_path(config, workdir, _INPUT.value,
-                                         _OUTPUT_DIR.value or workdir):
+            raise UserError(f"--input: expected the images to {_MODE.value} with "
+                            f"--mode={_MODE.value}")
+        if _MODE.value == "predict":
+            written = predict.predict_path(config, workdir, _INPUT.value,
+                                           _OUTPUT_DIR.value or workdir)
+        else:
+            from digitjax import evaluate
+
+            result, written = evaluate.evaluate_path(
+                config, workdir, _INPUT.value, _OUTPUT_DIR.value or workdir / "evaluation")
+            console.log(f"{_INPUT.value}: accuracy {result['accuracy']:.4f} on "
+                        f"{result['images']} images (best checkpoint, epoch "
+                        f"{result['checkpoint_epoch']})")
+            console.log(scores.format_table(result["per_class"]))
+        for path in written:
             console.log(f"wrote {path}")
 
 
@@ -134,6 +166,36 @@ class _QuietWriteFailures(std_logging.Filter):
         orbax_coroutine = code is not None and "orbax" in code.co_filename
         if not (_QuietWriteFailures.noise(args.exc_value) or orbax_coroutine):
             sys.__unraisablehook__(args)
+
+
+def train(config, workdir: epath.Path) -> None:
+    """Trains, then with the best checkpoint: the validation scores (printed, and in
+    summary.json), the test split's predictions, and unless config.plots is off the
+    plots and report.html."""
+    result = loop.train_and_evaluate(config, workdir, _STOP_AFTER.value)
+    if result["epoch"] < config.num_epochs:
+        console.log(f"stopped after epoch {result['epoch']}; run again to resume")
+        return
+    best = predict.restore_best(config, workdir)
+    summary = predict.validation_report(config, workdir, best)
+    if summary:
+        n = summary["val_count"]
+        tta = summary.get("val_accuracy_tta")
+        console.log(f"{summary['checkpoint']} checkpoint (epoch {summary['best_epoch']}): "
+                    "validation accuracy "
+                    f"{scores.with_interval(summary['val_accuracy'], n)}"
+                    + (f"; with test-time shifts {scores.with_interval(tta, n)}" if tta else ""))
+        console.log(scores.format_table(summary["per_class"]))
+    for path in predict.predict_test_set(config, workdir, best):
+        console.log(f"wrote {path}")
+    if config.plots:
+        from digitjax import checkpoint, plots, report
+
+        listing = checkpoint.listing(workdir)  # every process: orbax keeps them in step
+        if parallel.is_writer():  # from the files: process 0 alone
+            for path in plots.write_run_plots(config, workdir):
+                console.log(f"wrote {path}")
+            console.log(f"wrote {report.write_report(config, workdir, listing)}")
 
 
 def main(argv: list[str]) -> None:

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from digitjax import augment, checkpoint, console, files, parallel, transforms
+from digitjax import augment, checkpoint, console, files, parallel, scores, transforms
 from digitjax.data import Dataset, load_inputs, load_test, load_train
-from digitjax.data.sampling import padded_batches, stratified_split
+from digitjax.data.sampling import padded_batches, train_val_rows
 from digitjax.train import TrainState, apply_model, create_train_state
 from digitjax.workdir import cache_dir, saved_config
+
+PRINT_AT_MOST = 20  # --mode=predict prints each image's class for this many images or fewer
 
 
 def restore_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike,
@@ -34,7 +36,10 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLik
 
 
 def restore_best(config: ml_collections.ConfigDict, workdir: epath.PathLike):
-    return restore_checkpoint(config, workdir, "best")
+    """The checkpoint that predicts: the best by validation accuracy, or with
+    `config.predict_checkpoint = "last"` the newest (nothing chosen on validation)."""
+    which = {"best": "best", "last": "latest"}[config.get("predict_checkpoint", "best")]
+    return restore_checkpoint(config, workdir, which)
 
 
 def predict_probs(state: TrainState, images: np.ndarray, config, norm,
@@ -115,38 +120,50 @@ def report_test_accuracy(workdir: epath.Path, data: Dataset,
 def validation_report(config: ml_collections.ConfigDict, workdir: epath.PathLike,
                       restored=None) -> dict:
     """The best checkpoint on the validation split, with and without test-time
-    augmentation: val_probs.npy / val_labels.npy (for ensembles) and summary.json."""
+    augmentation: val_probs.npy, val_labels.npy and val_rows.npy (for ensembles and
+    out-of-fold estimates) and summary.json, which also holds precision, recall, F1 and
+    support per class and the confusion matrix (of val_probs.npy: with test-time
+    augmentation when it is set)."""
     workdir = epath.Path(workdir)
     state, meta = restored or restore_best(config, workdir)
     data = load_train(config, cache_dir(workdir))
-    _, val_idx = stratified_split(data.labels, config.val_fraction, config.split_seed)
+    _, val_idx = train_val_rows(data.labels, config)
     if not len(val_idx):
         return {}
     # a copy of the rows for an array; a view decoding them on demand for LazyImages
     images, labels = data.images.take(val_idx, axis=0), data.labels[val_idx]
     plain = predict_probs(state, images, config, meta["normalization"], tta_shifts=())
-    summary = {"best_epoch": meta["epoch"],
+    summary = {"best_epoch": meta["epoch"], "val_count": len(labels),
+               "checkpoint": config.get("predict_checkpoint", "best"),
                "val_accuracy": float(np.mean(plain.argmax(1) == labels))}
     probs = plain
     if config.tta_shifts:
         probs = predict_probs(state, images, config, meta["normalization"])
         summary["val_accuracy_tta"] = float(np.mean(probs.argmax(1) == labels))
+    scored = scores.score(labels, probs, meta["class_names"])  # of val_probs.npy (TTA if set)
+    summary.update({k: scored[k] for k in ("macro_f1", "per_class", "confusion_matrix")})
     if parallel.is_writer():
         files.write_npy(workdir / "val_probs.npy", probs)
         files.write_npy(workdir / "val_labels.npy", labels)
+        files.write_npy(workdir / "val_rows.npy", val_idx)  # rows of the training data
         files.write_json(workdir / "summary.json", summary)
     return summary
 
 
 def predict_path(config: ml_collections.ConfigDict, workdir: epath.PathLike, input_path: str,
                  out_dir: epath.PathLike) -> list[epath.Path]:
-    """`--mode=predict`: predicts the images at `input_path` with the workdir's best
-    checkpoint; nothing is retrained."""
+    """`--mode=predict`: predicts the images at `input_path` (a folder of images, one
+    image file or a pixel CSV) with the workdir's best checkpoint; nothing is retrained.
+    Up to PRINT_AT_MOST images are also printed: id, class and its probability."""
     workdir = epath.Path(workdir)
     config = saved_config(workdir, config)
     state, meta = restore_best(config, workdir)
     data = load_inputs(input_path, config, meta["input_shape"],
                        columns=meta.get("pixel_columns"))
     probs = predict_probs(state, data.images, config, meta["normalization"])
+    if len(probs) <= PRINT_AT_MOST:
+        for ident, p in zip(data.ids, probs, strict=True):
+            console.log(f"{ident}: {meta['class_names'][p.argmax()]} "
+                        f"(probability {p.max():.4f})")
     return write_predictions(epath.Path(out_dir), data, probs, meta["class_names"],
                              data.writes_submission)

@@ -20,11 +20,14 @@ from etils import epath
 from digitjax import console, parallel
 from digitjax.errors import UserError
 
+RUN_INFO = "run_info.json"  # the data and model summaries, written when training starts
+
 # Fields a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_dir",
                      "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
                      "compilation_cache_dir", "checkpoint_every_steps", "keep_checkpoints",
-                     "tfds_data_dir", "tfds_test_split", "tfds_in_memory_mb")
+                     "tfds_data_dir", "tfds_test_split", "tfds_in_memory_mb", "plots",
+                     "predict_checkpoint")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value ("group.name", or
@@ -33,7 +36,12 @@ ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
                 "augment.elastic_sigma": 4.0, "tfds_name": "", "tfds_data_dir": "",
                 "tfds_train_split": "train", "tfds_test_split": "", "tfds_image_key": "",
                 "tfds_label_key": "", "tfds_in_memory_mb": 4096,
-                "dtype": "float32"}
+                "dtype": "float32", "num_folds": 0, "fold": 0, "bag_fraction": 1.0,
+                "kernel_cnn.kernel_size": 3,
+                "kernel_cnn.features": [32, 48, 64, 80, 96, 112, 128, 144, 160, 176],
+                "kernel_cnn.dropout": 0.0, "inception_cnn.features": [64, 128],
+                "inception_cnn.blocks_per_stage": 2, "inception_cnn.dropout": 0.3,
+                "predict_checkpoint": "best"}
 
 # Model names that changed: the saved name -> today's (the parameters are the same).
 RENAMED_MODELS = {"seed": "seed_cnn"}
@@ -127,13 +135,17 @@ def check_same_run(workdir: epath.PathLike, config: ml_collections.ConfigDict) -
         )
 
 
-def read_history(workdir: epath.PathLike, last_epoch: int) -> list[dict]:
-    """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
+def read_metrics(workdir: epath.PathLike) -> list[dict]:
+    """Every record of metrics.jsonl ([] when there is none)."""
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= last_epoch]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_history(workdir: epath.PathLike, last_epoch: int) -> list[dict]:
+    """Metrics of the epochs already in the checkpoint (later lines are from a crash)."""
+    return [r for r in read_metrics(workdir) if r["epoch"] <= last_epoch]
 
 
 def checkpoint_record(config: ml_collections.ConfigDict, step: int, epoch: int, batch: int,

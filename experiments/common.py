@@ -35,11 +35,11 @@ def validation_split(workdir: Path):
     from digitjax import workdir as runs
     from digitjax.configs import default
     from digitjax.data import load_train
-    from digitjax.data.sampling import stratified_split
+    from digitjax.data.sampling import train_val_rows
 
     config = runs.saved_config(workdir, default.get_config())
     data = load_train(config, Path(workdir) / "cache")
-    _, rows = stratified_split(data.labels, config.val_fraction, config.split_seed)
+    _, rows = train_val_rows(data.labels, config)
     return config, data, rows
 
 

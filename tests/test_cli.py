@@ -164,7 +164,8 @@ def test_validation_report_with_tta(trained_workdir, digits_dir):
     config = workdir.saved_config(trained_workdir, default.get_config())
     assert config.model == "seed_cnn" and config.tta_shifts == ()
     report = predict.validation_report(config, trained_workdir)
-    assert set(report) == {"best_epoch", "val_accuracy"}
+    assert set(report) == {"best_epoch", "val_accuracy", "macro_f1", "per_class",
+                           "confusion_matrix"}
     record = json.loads((trained_workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["val_accuracy"] == pytest.approx(record["val_accuracy"], abs=1e-6)
     config.tta_shifts = ((0, 0), (1, 0), (0, -1))

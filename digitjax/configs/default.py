@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
     config.split_seed = 0  # Seeds the validation split alone: ensemble members share it.
+    config.num_folds = 0  # > 1: validate on fold `fold` of a stratified k-fold partition instead.
+    config.fold = 0  # Which fold validates (0..num_folds-1); the k runs predict every row once.
+    config.bag_fraction = 1.0  # Train on this random share (drawn by `seed`) of the training rows.
     # Model.
     config.model = "cnn"  # A name in digitjax.models.MODELS; its kwargs are config.<model>.
     config.seed_cnn = ml_collections.ConfigDict()  # model "seed_cnn": no settings.
@@ -54,6 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.resnet = ml_collections.ConfigDict()  # model "resnet"
     config.resnet.features = (32, 64, 128)  # Channels of each stage (later stages halve H, W).
     config.resnet.blocks_per_stage = 2  # Basic blocks per stage.
+    config.kernel_cnn = ml_collections.ConfigDict()  # model "kernel_cnn" (An et al. 2020)
+    config.kernel_cnn.kernel_size = 3  # Every conv's kernel size (unpadded, no pooling).
+    config.kernel_cnn.features = (32, 48, 64, 80, 96, 112, 128, 144, 160, 176)  # Per layer.
+    config.kernel_cnn.dropout = 0.0  # Dropout before the classifier.
+    config.inception_cnn = ml_collections.ConfigDict()  # model "inception_cnn"
+    config.inception_cnn.features = (64, 128)  # Channels of each stage's blocks.
+    config.inception_cnn.blocks_per_stage = 2  # Inception blocks per stage.
+    config.inception_cnn.dropout = 0.3  # Dropout before the classifier.
     config.dtype = "float32"  # Compute dtype, "float32" or "bfloat16" (params stay float32).
     # Optimisation.
     config.num_epochs = 20  # Passes over the training split (~17 s each on a 2-core CPU).
@@ -80,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.elastic_sigma = 4.0  # Smoothness (Gaussian sigma, pixels) of the elastic field.
     config.augment.flip_horizontal = False  # Random left-right flips (not for digits).
     # Inference.
+    # Checkpoint that predicts and is scored: "best" (validation accuracy) or "last" (the
+    # final epoch; nothing chosen on validation, as out-of-fold estimates need).
+    config.predict_checkpoint = "best"
     config.tta_shifts = ()  # Test-time augmentation: (dy, dx) pixel shifts averaged, e.g.
     # ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)); () predicts the images as they are.
     # Runtime.
@@ -90,4 +104,5 @@ def get_config() -> ml_collections.ConfigDict:
     # jax's persistent compilation cache (a second run skips compiling); "" turns it off.
     config.compilation_cache_dir = "~/.cache/digitjax/jax"
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
+    config.plots = True  # After training: PNG plots and report.html in the workdir (none during).
     return config

@@ -1,10 +1,11 @@
 """Data sources -> one `Dataset` type: uint8 NHWC images, integer labels, ids, class names.
 
-`load_train` reads the labelled data named by the config; `load_inputs` reads a
-file to predict with the geometry the model was trained on, its pixel columns
-matched by name to the training file's. Images are one uint8
-array (in RAM or memory-mapped), or for a TFDS split too big for memory
-`tfds_source.LazyImages`, which decodes the rows it is indexed with.
+`load_train` reads the labelled data named by the config; `load_inputs` reads images
+to predict, and `load_labelled` labelled images to evaluate, with the geometry (and for
+`load_labelled` the classes) the model was trained on; a CSV's pixel columns are matched
+by name to the training file's. Images are one uint8 array (in RAM or memory-mapped), or
+for a TFDS split too big for memory `tfds_source.LazyImages`, which decodes the rows it
+is indexed with.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+import pandas as pd
 
 from digitjax import console, transforms
 from digitjax.data import embedded, images, pixels, tfds_source
@@ -36,6 +38,15 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
+
+
+def describe(data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
+    """What a run trains on (run_info.json, the report): source, sizes, classes and the
+    number of images of each."""
+    return {"source": data.source, "images": len(data.images),
+            "image_shape": list(data.image_shape), "train": len(train_idx),
+            "validation": len(val_idx), "classes": list(data.class_names),
+            "class_counts": np.bincount(data.labels, minlength=len(data.class_names)).tolist()}
 
 
 def load_train(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike) -> Dataset:
@@ -80,18 +91,93 @@ def load_test(config: ml_collections.ConfigDict, shape, cache_dir,
 
 def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None,
                 columns: list[str] | None = None) -> Dataset:
-    """Images to predict at `path`: a folder of image files or a pixel CSV, made to
-    the trained input `shape`. A CSV's pixel columns are put in the order of `columns`
-    (the training file's names) by name; without names (a workdir trained before
-    they were recorded) they are taken by position."""
+    """Images to predict at `path`: a folder of image files, one image file or a pixel
+    CSV, made to the trained input `shape`. A CSV's pixel columns are put in the order
+    of `columns` (the training file's names) by name; without names (a workdir trained
+    before they were recorded) they are taken by position."""
     path = Path(path)
     if path.is_dir():
         found = images.list_unlabelled(path)
         decoded, kept = images.decode_all(found, _decode_settings(config, shape), cache_dir)
         return Dataset(images=decoded, labels=None, ids=_stems(found, kept), class_names=[],
                        source=str(path), writes_submission=False)
+    if images.is_image(path):
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (expected an image, a folder of images "
+                            "or a pixel CSV)")
+        decoded = images.decode(path, _decode_settings(config, shape))
+        return Dataset(images=decoded[None], labels=None, ids=np.array([path.stem]),
+                       class_names=[], source=str(path), writes_submission=False)
     table = pixels.read_pixel_csv(path, config.label_column, config.id_column, cache_dir)
     return _from_table(table, config, shape=tuple(shape), labelled=False, columns=columns)
+
+
+def load_labelled(path, config: ml_collections.ConfigDict, shape,
+                  class_names: list[str], pixel_columns: list[str] | None = None) -> Dataset:
+    """Labelled images to evaluate at `path`, made to the trained input `shape`, their
+    labels mapped by name onto the model's `class_names`: a folder of class folders,
+    a labels CSV (id, label; images in `config.image_dir` beside it, else beside it)
+    or a pixel CSV with a label column. A label that is not a class of the model is
+    refused with its file and line."""
+    path = Path(path)
+    index = {str(c): i for i, c in enumerate(class_names)}
+    expected = ", ".join(map(str, class_names[:12])) + (", ..." if len(class_names) > 12 else "")
+    settings = _decode_settings(config, shape)
+    if path.is_dir():
+        paths, labels, names = images.list_class_folders(path, config.skip_bad_files)
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise UserError(f"{path / unknown[0]}: '{unknown[0]}' is not a class of the model "
+                            f"(expected class folders named {expected})")
+        decoded, kept = images.decode_all(paths, settings, None)
+        mapped = np.array([index[n] for n in names], np.int32)[np.asarray(labels, int)[kept]]
+        return Dataset(decoded, mapped, _stems(paths, kept), list(class_names),
+                       f"{path} (class folders)", writes_submission=False)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file or folder (expected class folders, a labels "
+                        "CSV or a pixel CSV with labels)")
+    if images.is_image(path):
+        raise UserError(f"{path}: one image has no label (expected class folders, a labels "
+                        "CSV or a pixel CSV with labels)")
+    id_column = config.id_column or "id"
+    columns = _csv_columns(path)
+    if id_column in columns and config.label_column in columns and \
+            len(columns) < int(np.prod(shape)):  # a labels CSV: far fewer columns than pixels
+        image_dir = path.parent / config.image_dir
+        image_dir = image_dir if image_dir.is_dir() else path.parent
+        paths, labels, names, _ = images.list_labels_csv(
+            path, image_dir, id_column, config.label_column, config.skip_bad_files)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        _check_labels(path, table[config.label_column].tolist(), index, config, expected)
+        decoded, kept = images.decode_all(paths, settings, None)
+        mapped = np.array([index[n] for n in names], np.int32)[np.asarray(labels, int)[kept]]
+        return Dataset(decoded, mapped, _stems(paths, kept), list(class_names),
+                       f"{path} + {image_dir}", writes_submission=False)
+    table = pixels.read_pixel_csv(path, config.label_column, config.id_column, None)
+    if table.labels is None:
+        raise UserError(f"{path}: no label column '{config.label_column}' (evaluation needs "
+                        "labels; set config.label_column)")
+    _check_labels(path, [str(v) for v in table.labels], index, config, expected)
+    data = _from_table(table, config, shape=tuple(shape), labelled=False,
+                       columns=pixel_columns)
+    mapped = np.array([index[str(v)] for v in table.labels], np.int32)
+    return dataclasses.replace(data, labels=mapped, class_names=list(class_names))
+
+
+def _csv_columns(path: Path) -> list[str]:
+    """The header of a CSV ([] when it has none that pandas can read)."""
+    try:
+        return [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+    except (ValueError, UnicodeDecodeError, OSError, EOFError):
+        return []
+
+
+def _check_labels(path: Path, labels: list[str], index: dict, config, expected: str) -> None:
+    for row, label in enumerate(labels):
+        if label not in index:
+            raise UserError(f"{path}, line {row + 2}, column '{config.label_column}': label "
+                            f"'{label}' is not a class of the model (expected one of "
+                            f"{expected})")
 
 
 def _stems(paths: list[Path], kept: np.ndarray) -> np.ndarray:

@@ -29,6 +29,44 @@ def stratified_split(
     return train, val
 
 
+def stratified_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    """The fold (0..num_folds-1) of every row: each class is shuffled by `seed` and dealt
+    round the folds, so every fold holds each class's share (sizes differ by at most 1
+    per class)."""
+    fold = np.empty(len(labels), np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = np.arange(len(members)) % num_folds
+    return fold
+
+
+def bag(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A sorted random `fraction` of `indices` drawn by `seed` (all of them at 1.0):
+    members trained on different bags see different rows (bagging)."""
+    if fraction >= 1:
+        return indices
+    n = int(round(len(indices) * fraction))
+    return np.sort(np.random.default_rng([seed, 0xBA6]).choice(indices, n, replace=False))
+
+
+def train_val_rows(labels: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation rows a config names, sorted.
+
+    With `config.num_folds` > 1 the validation rows are fold `config.fold` of a stratified
+    k-fold partition (seeded by `split_seed`), so the k runs of one config predict every
+    row once, each with a model that never saw it (out-of-fold); otherwise a stratified
+    `val_fraction`. The training rows are then a `bag_fraction` bag drawn by `seed`.
+    """
+    if config.get("num_folds", 0) > 1:
+        fold = stratified_folds(labels, config.num_folds, config.split_seed)
+        val = np.flatnonzero(fold == config.fold)
+        train = np.flatnonzero(fold != config.fold)
+    else:
+        train, val = stratified_split(labels, config.val_fraction, config.split_seed)
+    return bag(train, config.get("bag_fraction", 1.0), config.seed), val
+
+
 def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of `indices` for one epoch: a function of (seed, epoch) only."""
     return np.random.default_rng([seed, epoch]).permutation(indices)

@@ -1,0 +1,88 @@
+"""TensorBoard event files of a run, in `<workdir>/tensorboard/` (`tensorboard --logdir runs/`).
+
+Written with tensorboardX, which needs no TensorFlow. Every scalar is logged against the
+optimizer step, so per-epoch and per-step curves share one x axis:
+
+- `epoch/<field>`: every number of the epoch's metrics.jsonl record (train/val loss and
+  accuracy, learning rate, images per second, seconds);
+- `steps/train_loss`, `steps/train_accuracy`, `steps/learning_rate`: the mean over each
+  stretch of steps the loop fetches together (every `loop.FETCH_EVERY` steps);
+- the config and the model summary as text.
+
+Each epoch's events go to a file of their own, closed when the epoch is recorded (the
+writer's queue is drained only on close), so whatever metrics.jsonl and the checkpoint
+hold is on disk too. Each file starts with a marker that hides the events of earlier
+files from its first step on: a run resumed after a crash shows each step once, as
+metrics.jsonl does. Process 0 alone writes; elsewhere every call does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from etils import epath
+
+from digitjax import parallel
+
+SUBDIR = "tensorboard"
+
+
+class MetricsWriter:
+    """Opens an event file on the first write after each epoch: a run with nothing to
+    train writes none."""
+
+    def __init__(self, workdir: epath.PathLike, learning_rate: Callable[[int], float],
+                 start_step: int = 0):
+        self.logdir = epath.Path(workdir) / SUBDIR  # tensorboardX writes gs:// itself
+        self._learning_rate = learning_rate  # the schedule: update count -> rate
+        self._start_step = start_step  # the last step already recorded
+        self._writer = None
+
+    def _open(self):
+        if self._writer is None and parallel.is_writer():
+            from tensorboardX import SummaryWriter  # imported late: only process 0 writes
+
+            # A START event at the first new step hides older files' events from there on.
+            # The suffix keeps two files opened within one second from sharing a name
+            # (tensorboardX names files by the second), in the order they were opened.
+            self._writer = SummaryWriter(logdir=str(self.logdir),
+                                         purge_step=self._start_step + 1, flush_secs=30,
+                                         filename_suffix=f".{time.time_ns()}")
+        return self._writer
+
+    def learning_rate(self, step: int) -> float:
+        """The rate of update number `step` (1-based; optax counts from 0)."""
+        return float(self._learning_rate(max(step - 1, 0)))
+
+    def text(self, tag: str, text: str) -> None:
+        """A block of text (shown as code) at the last recorded step."""
+        if w := self._open():
+            body = "\n".join("    " + line for line in text.splitlines())
+            w.add_text(tag, body, global_step=self._start_step)
+
+    def config(self, config_json: str) -> None:
+        self.text("config", json.dumps(json.loads(config_json), indent=2, sort_keys=True))
+
+    def steps(self, step: int, metrics: dict[str, float]) -> None:
+        """Mean train `metrics` of the steps fetched together, the last being `step`."""
+        if w := self._open():
+            for name, value in metrics.items():
+                w.add_scalar(f"steps/train_{name}", value, step)
+            w.add_scalar("steps/learning_rate", self.learning_rate(step), step)
+
+    def epoch(self, record: dict) -> None:
+        """Every number of an epoch's metrics.jsonl record, at its step; then the file is
+        closed, all of it on disk."""
+        if w := self._open():
+            for name, value in record.items():
+                if name not in ("epoch", "step") and isinstance(value, int | float):
+                    w.add_scalar(f"epoch/{name}", value, record["step"])
+        self.close()
+        self._start_step = record["step"]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
