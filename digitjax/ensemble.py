@@ -1,9 +1,21 @@
-"""Averages the saved class probabilities of several trained workdirs into one
-submission: `python -m digitjax.ensemble --workdirs=runs/a,runs/b --output_dir=runs/ens`.
+"""Ensembles of trained workdirs, chosen on out-of-fold predictions.
 
-Members must have predicted the same test rows with the same classes. When they
-share a validation split (the same config.split_seed and val_fraction), the
-ensemble's validation accuracy is reported as well; nothing is selected on it.
+    python -m digitjax.ensemble --members=runs/ens/kernel3,runs/ens/kernel5 \
+        --output_dir=runs/ens/ensemble
+    python -m digitjax.ensemble --workdirs=runs/a,runs/b --output_dir=runs/ens
+
+`--members`: each member folder holds the k runs of one config over the folds of
+`config.num_folds` (`fold0/` ... `fold<k-1>/`: together they predict every training row
+once with a model that never saw it: out-of-fold) and optionally runs trained on every
+row (`full*/`, `val_fraction=0`). A member's test probabilities are the mean of its
+`full*` runs, or of its fold runs when it has none. The members' weights are fitted on
+the out-of-fold probabilities (the log-likelihood, scipy), and the ensemble's accuracy
+is cross-fitted: each fold is scored with weights fitted on the other folds, so the
+estimate is not chosen on the rows it is measured on. Every accuracy is printed with
+its 95% interval over the 42,000-row training set (about +-0.06 pp at 99.6%).
+
+`--workdirs`: the mean of the workdirs' test probabilities (and the ensemble's
+validation accuracy when they share a validation split); nothing is fitted.
 """
 
 from __future__ import annotations
@@ -16,32 +28,48 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from digitjax import files
+from digitjax import files, scores
 from digitjax.data import Dataset
 from digitjax.errors import UserError
 from digitjax.predict import write_predictions
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained workdirs to average.")
+_MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/ensemble", "Where the ensemble goes.")
 
 
-def ensemble(workdirs: list[Path], out_dir: Path) -> dict:
-    if len(workdirs) < 2:
-        raise UserError("--workdirs: expected at least two trained workdirs")
+def _need(w: Path, *names: str) -> None:
+    for name in names:
+        if not (w / name).is_file():
+            raise UserError(f"{w / name}: missing (train that workdir to the end first)")
+
+
+def test_probs(workdirs: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+    """(mean test probabilities, ids, classes, writes a submission) of `workdirs`, which
+    must have predicted the same rows with the same classes."""
     for w in workdirs:
-        for name in ("test_probs.npy", "predictions.csv", "classes.json"):
-            if not (w / name).is_file():
-                raise UserError(f"{w / name}: missing (train that workdir to the end first)")
+        _need(w, "test_probs.npy", "predictions.csv", "classes.json")
     classes = [json.loads((w / "classes.json").read_text()) for w in workdirs]
     ids = [pd.read_csv(w / "predictions.csv", usecols=["id"])["id"].to_numpy() for w in workdirs]
     for w, c, i in zip(workdirs[1:], classes[1:], ids[1:], strict=True):
         if c != classes[0] or not np.array_equal(i, ids[0]):
             raise UserError(f"{w}: predicted other rows or classes than {workdirs[0]}")
     probs = np.mean([np.load(w / "test_probs.npy") for w in workdirs], axis=0)
-    data = Dataset(images=np.zeros((len(ids[0]), 1, 1, 1), np.uint8), labels=None, ids=ids[0],
-                   class_names=classes[0], source="ensemble",
-                   writes_submission=(workdirs[0] / "submission.csv").is_file())
-    write_predictions(out_dir, data, probs, classes[0], submission=data.writes_submission)
+    return probs, ids[0], classes[0], (workdirs[0] / "submission.csv").is_file()
+
+
+def _write(out_dir: Path, probs: np.ndarray, ids: np.ndarray, classes: list[str],
+           submission: bool) -> None:
+    data = Dataset(images=np.zeros((len(ids), 1, 1, 1), np.uint8), labels=None, ids=ids,
+                   class_names=classes, source="ensemble", writes_submission=submission)
+    write_predictions(out_dir, data, probs, classes, submission=submission)
+
+
+def average(workdirs: list[Path], out_dir: Path) -> dict:
+    """`--workdirs`: the plain mean of the members' test probabilities."""
+    if len(workdirs) < 2:
+        raise UserError("--workdirs: expected at least two trained workdirs")
+    probs, ids, classes, submission = test_probs(workdirs)
     report = {"members": [str(w) for w in workdirs]}
     if all((w / "val_probs.npy").is_file() for w in workdirs):
         labels = [np.load(w / "val_labels.npy") for w in workdirs]
@@ -49,17 +77,130 @@ def ensemble(workdirs: list[Path], out_dir: Path) -> dict:
             val = [np.load(w / "val_probs.npy") for w in workdirs]
             report["member_val_accuracy"] = [float(np.mean(v.argmax(1) == labels[0])) for v in val]
             report["val_accuracy"] = float(np.mean(np.mean(val, 0).argmax(1) == labels[0]))
+            report["val_interval_95"] = scores.interval(report["val_accuracy"], len(labels[0]))
+    _write(out_dir, probs, ids, classes, submission)
+    files.write_json(out_dir / "summary.json", report)
+    return report
+
+
+def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, labels, fold) of every training row, in row order, from the
+    member's fold runs; refused unless they are the k folds of one partition."""
+    runs = sorted(member.glob("fold*"), key=lambda p: p.name)
+    if not runs:
+        raise UserError(f"{member}: no fold*/ runs (train the folds of config.num_folds)")
+    parts = []
+    for w in runs:
+        _need(w, "config.json", "val_probs.npy", "val_labels.npy", "val_rows.npy")
+        config = json.loads((w / "config.json").read_text())
+        if config.get("num_folds", 0) != len(runs):
+            raise UserError(f"{w / 'config.json'}: num_folds is {config.get('num_folds', 0)}, "
+                            f"but {member} holds {len(runs)} fold runs")
+        parts.append((config["fold"], np.load(w / "val_rows.npy"), np.load(w / "val_probs.npy"),
+                      np.load(w / "val_labels.npy")))
+    if sorted(p[0] for p in parts) != list(range(len(runs))):
+        raise UserError(f"{member}: expected folds 0..{len(runs) - 1} once each, got "
+                        f"{sorted(p[0] for p in parts)}")
+    rows = np.concatenate([p[1] for p in parts])
+    if not np.array_equal(np.sort(rows), np.arange(len(rows))):
+        raise UserError(f"{member}: the folds' validation rows do not cover the training "
+                        "rows once each (different split_seed or data?)")
+    n, c = len(rows), parts[0][2].shape[1]
+    probs, labels, fold = np.zeros((n, c), np.float32), np.zeros(n, np.int64), np.zeros(n, int)
+    for f, r, p, y in parts:
+        probs[r], labels[r], fold[r] = p, y, f
+    return probs, labels, fold
+
+
+def fit_weights(probs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 that maximise the log-likelihood of `labels`
+    under the weighted mean of `probs` (scipy's L-BFGS over softmax parameters). The
+    likelihood, not the accuracy: smooth, and it does not chase a handful of digits."""
+    from scipy import optimize, special
+
+    picked = np.stack([p[np.arange(len(labels)), labels] for p in probs], 1).astype(np.float64)
+
+    def nll(theta: np.ndarray) -> float:
+        return -np.mean(np.log(picked @ special.softmax(theta) + 1e-12))
+
+    theta = optimize.minimize(nll, np.zeros(len(probs)), method="L-BFGS-B").x
+    return special.softmax(theta)
+
+
+def cross_fitted_accuracy(probs: list[np.ndarray], labels: np.ndarray, fold: np.ndarray
+                          ) -> float:
+    """The weighted ensemble's accuracy with each fold's rows weighted by weights fitted
+    on the other folds' rows only."""
+    correct = 0
+    for f in np.unique(fold):
+        held = fold == f
+        w = fit_weights([p[~held] for p in probs], labels[~held])
+        mixed = sum(wi * p[held] for wi, p in zip(w, probs, strict=True))
+        correct += int(np.sum(mixed.argmax(1) == labels[held]))
+    return correct / len(labels)
+
+
+def _row(name: str, accuracy: float, n: int, **extra) -> dict:
+    low, high = scores.interval(accuracy, n)
+    return {"name": name, "oof_accuracy": accuracy, "low": low, "high": high, **extra}
+
+
+def from_members(members: list[Path], out_dir: Path) -> dict:
+    """`--members`: out-of-fold scores of each member and of the ensembles (mean,
+    majority vote, fitted weights), and the weighted test prediction."""
+    if not members:
+        raise UserError("--members: expected member folders holding fold*/ runs")
+    oof = [out_of_fold(m) for m in members]
+    labels, fold = oof[0][1], oof[0][2]
+    for m, (_, y, f) in zip(members[1:], oof[1:], strict=True):
+        if not (np.array_equal(y, labels) and np.array_equal(f, fold)):
+            raise UserError(f"{m}: its folds are not {members[0]}'s (the members must share "
+                            "num_folds and split_seed)")
+    probs, n = [o[0] for o in oof], len(labels)
+    rows = [_row(m.name, float(np.mean(p.argmax(1) == labels)), n) for m, p in
+            zip(members, probs, strict=True)]
+    weights = fit_weights(probs, labels)
+    if len(members) > 1:
+        votes = np.stack([p.argmax(1) for p in probs], 1)
+        mean = np.mean(probs, 0)
+        # a tie goes to the class of the highest mean probability among the tied
+        counts = np.stack([(votes == c).sum(1) for c in range(mean.shape[1])], 1)
+        vote = np.where(counts == counts.max(1, keepdims=True), mean, -1).argmax(1)
+        rows += [_row("mean of the members", float(np.mean(mean.argmax(1) == labels)), n),
+                 _row("majority vote", float(np.mean(vote == labels)), n),
+                 _row("fitted weights (cross-fitted)",
+                      cross_fitted_accuracy(probs, labels, fold), n)]
+    tests = []
+    for m in members:
+        full = sorted(m.glob("full*"))
+        tests.append(test_probs(full or sorted(m.glob("fold*"))))
+        rows[len(tests) - 1]["test_from"] = "full*" if full else "fold*"
+    for m, t in zip(members[1:], tests[1:], strict=True):
+        if t[2] != tests[0][2] or not np.array_equal(t[1], tests[0][1]):
+            raise UserError(f"{m}: predicted other test rows or classes than {members[0]}")
+    mixed = sum(w * t[0] for w, t in zip(weights, tests, strict=True))
+    _write(out_dir, mixed.astype(np.float32), tests[0][1], tests[0][2], tests[0][3])
+    report = {"members": [str(m) for m in members], "weights": weights.tolist(),
+              "oof_rows": n, "results": rows}
     files.write_json(out_dir / "summary.json", report)
     return report
 
 
 def main(argv: list[str]) -> None:
     try:
-        report = ensemble([Path(w) for w in _WORKDIRS.value], Path(_OUTPUT_DIR.value))
+        if _MEMBERS.value:
+            report = from_members([Path(m) for m in _MEMBERS.value], Path(_OUTPUT_DIR.value))
+            for r in report["results"]:
+                print(f"{r['name']:<32} out-of-fold "
+                      f"{scores.with_interval(r['oof_accuracy'], report['oof_rows'])}")
+            print("weights: " + ", ".join(f"{Path(m).name} {w:.3f}" for m, w in
+                                          zip(report["members"], report["weights"], strict=True)))
+        else:
+            report = average([Path(w) for w in _WORKDIRS.value], Path(_OUTPUT_DIR.value))
+            print(json.dumps(report, indent=2))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

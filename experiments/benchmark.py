@@ -39,6 +39,7 @@ TRAIN_CSV = DATA / "digit-recognizer" / "train.csv"
 FRAMEWORKS = ("digitjax", "torch", "keras")
 BATCH = 128
 WARMUP_STEPS, TIMED_STEPS, REPEATS = 5, 20, 5
+KERAS_MODELS = ("seed", "flax_example", "cnn", "strided_cnn")  # the networks written for Keras
 
 
 # --- Workers: one framework, one model, in a fresh process -------------------------
@@ -114,6 +115,36 @@ def worker_torch(model: str) -> dict:
             *conv(1, 32, 3), *conv(32, 32, 3), *conv(32, 32, 5, 2, 2), nn.Dropout(0.4),
             *conv(32, 64, 3), *conv(64, 64, 3), *conv(64, 64, 5, 2, 2), nn.Dropout(0.4),
             *conv(64, 128, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
+    elif model.startswith("kernel_cnn:"):  # configs/kernel_cnn.py:K's network
+        from digitjax.configs import kernel_cnn
+
+        k = int(model.split(":")[1])
+        layers, c_in, side = [], 1, 28
+        for f in kernel_cnn.FEATURES[k]:
+            layers += [nn.Conv2d(c_in, f, k, bias=False), nn.BatchNorm2d(f), nn.ReLU()]
+            c_in, side = f, side - k + 1
+        net = nn.Sequential(*layers, nn.Flatten(), nn.BatchNorm1d(c_in * side * side),
+                            nn.Dropout(0.25), nn.Linear(c_in * side * side, 10))
+    elif model == "inception_cnn":  # configs/inception_cnn.py's network (32, 64; 1 block)
+        def conv(c_in, c_out, k):
+            return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+                                 nn.BatchNorm2d(c_out), nn.ReLU())
+
+        class Block(nn.Module):
+            def __init__(self, c_in, f):
+                super().__init__()
+                b = f // 4
+                self.one = conv(c_in, b, 1)
+                self.three = nn.Sequential(conv(c_in, b, 1), conv(b, b, 3))
+                self.five = nn.Sequential(conv(c_in, b, 1), conv(b, b, 3), conv(b, b, 3))
+                self.pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(c_in, f - 3 * b, 1))
+
+            def forward(self, x):
+                return torch.cat([self.one(x), self.three(x), self.five(x), self.pool(x)], 1)
+
+        net = nn.Sequential(conv(1, 16, 3), Block(16, 32), nn.MaxPool2d(2), Block(32, 64),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
+                            nn.Linear(64, 10))
     else:  # digitjax's default CNN, layer for layer
         net = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
@@ -170,7 +201,7 @@ def worker_keras(model: str) -> dict:
             layers.Dropout(0.4), *conv(64, 3), *conv(64, 3), *conv(64, 5, 2, "same"),
             layers.Dropout(0.4), *conv(128, 4), layers.Flatten(), layers.Dropout(0.4),
             layers.Dense(10)])
-    else:
+    else:  # "cnn" (KERAS_MODELS lists the networks written here)
         net = keras.Sequential([
             keras.Input((28, 28, 1)),
             layers.Conv2D(32, 3, padding="same", use_bias=False), layers.BatchNormalization(),
@@ -333,7 +364,8 @@ def _measure(code: str) -> tuple[float, int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
-    ap.add_argument("--models", default="flax_example,cnn,seed,strided_cnn")
+    ap.add_argument("--models", default="flax_example,cnn,seed,strided_cnn,kernel_cnn:3,"
+                    "kernel_cnn:5,kernel_cnn:7,inception_cnn")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-models", action="store_true")
@@ -348,11 +380,13 @@ def main() -> None:
     frameworks = [f for f in FRAMEWORKS if available(f)]
     load = os.getloadavg()[0]  # other work on the machine slows every number here
     peak = matmul_gflops()
-    results = {(f, m): [] for f in frameworks for m in models}
+    results = {(f, m): [] for f in frameworks for m in models
+               if f != "keras" or m in KERAS_MODELS}
     for _ in range(a.rounds):  # interleaved: each framework sees the same machine state
         for model in models:
             for f in frameworks:
-                results[(f, model)].append(measure(f, model))
+                if (f, model) in results:
+                    results[(f, model)].append(measure(f, model))
     lines = [f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the start; float32 "
              f"matmul peak (XLA) {peak:.0f} GFLOP/s"
              + (f"; batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
@@ -363,9 +397,9 @@ def main() -> None:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model in models:
         med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
-                   for k in results[(f, model)][0]} for f in frameworks}
+                   for k in results[(f, model)][0]} for f in frameworks if (f, model) in results}
         ours = med["digitjax"]
-        for f in frameworks:
+        for f in med:
             m = med[f]
             ratio_t = "-" if f == "digitjax" else f"{ours['train_ips'] / m['train_ips']:.2f}"
             ratio_i = "-" if f == "digitjax" else f"{ours['infer_ips'] / m['infer_ips']:.2f}"

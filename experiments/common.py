@@ -15,13 +15,23 @@ DATA = REPO.parent / "shared" / "data"
 
 def step_config(model: str, batch_size: int = 128):
     """The config the speed scripts time `model` under: "seed", "flax_example" (the
-    Flax MNIST example: the default CNN without batch norm or dropout) or a name in
+    Flax MNIST example: the default CNN without batch norm or dropout), "kernel_cnn:K"
+    and "inception_cnn" (the ensemble members' configs) or a name in
     digitjax.models.MODELS; augmentation off, so only the network is timed."""
     from digitjax.configs import default, seed
 
     config = seed.get_config() if model == "seed" else default.get_config()
     if model == "flax_example":
         config.cnn.batch_norm, config.cnn.dropout = False, 0.0
+    elif model.startswith("kernel_cnn:"):  # configs/kernel_cnn.py:K's network
+        from digitjax.configs import kernel_cnn
+
+        member = kernel_cnn.get_config(model.split(":")[1])
+        config.model, config.kernel_cnn = member.model, member.kernel_cnn
+    elif model == "inception_cnn":  # configs/inception_cnn.py's network
+        from digitjax.configs import inception_cnn
+
+        config.model, config.inception_cnn = model, inception_cnn.get_config().inception_cnn
     elif model != "seed":
         config.model = model
     config.batch_size = batch_size

@@ -3,11 +3,18 @@
     python experiments/recipes.py seed        # the beginner recipe, 3 seeds
     python experiments/recipes.py default     # configs/default.py
     python experiments/recipes.py best        # configs/best.py
-    python experiments/recipes.py ensemble    # 4 seeds of configs/best.py, averaged
+    python experiments/recipes.py ensemble    # diverse members, k-fold, weights on OOF
     python experiments/recipes.py ablation    # default minus one ingredient at a time
 
+    python experiments/recipes.py ensemble --members strided,kernel5 --folds 5 \
+        --epochs 36 --full 1                  # its knobs (see --help)
+
 Each prints a results table and writes experiments/results/<recipe>.md.
-Checkpoints and ensemble members are chosen on the validation split only.
+Checkpoints are chosen on the validation split only. The ensemble recipe trains each
+member on the k folds of `config.num_folds` (each fold's model predicts its held-out
+rows with its last checkpoint: out-of-fold, nothing chosen on them) and, with --full,
+on every row; `python -m digitjax.ensemble --members` fits the weights on the
+out-of-fold predictions and writes the submission.
 """
 
 from __future__ import annotations
@@ -19,10 +26,15 @@ import sys
 from pathlib import Path
 
 from common import DATA, REPO, markdown_table, run_main, summary, write_results
-from last_epochs import last_epoch_results
 
 DIGITS = DATA / "digit-recognizer"
 COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
+# Ensemble members by name: a config and its arguments (configs/<file>.py[:arg]).
+MEMBERS = {"strided": "configs/best.py", "kernel3": "configs/kernel_cnn.py:3",
+           "kernel5": "configs/kernel_cnn.py:5", "kernel7": "configs/kernel_cnn.py:7",
+           "inception": "configs/inception_cnn.py", "quick": "configs/quick.py"}
+OOF_COLUMNS = ["run", "config", "epochs", "oof_accuracy", "interval_95", "test_from",
+               "wall_seconds"]
 
 
 def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
@@ -35,11 +47,65 @@ def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
             "val_tta": report.get("val_accuracy_tta", "-"), "wall_seconds": wall}
 
 
+def ensemble(a: argparse.Namespace, runs: Path) -> None:
+    """k-fold runs (and --full runs) of each member, then the weighted ensemble."""
+    names = a.members.split(",")
+    unknown = [n for n in names if n not in MEMBERS]
+    if unknown:
+        sys.exit(f"--members: unknown {unknown}; expected names from {', '.join(MEMBERS)}")
+    epochs = [f"--config.num_epochs={a.epochs}"] if a.epochs else []
+    walls = {}
+    for name in names:
+        walls[name] = 0.0
+        for fold in range(a.folds):
+            walls[name] += run_main(
+                "--config", MEMBERS[name], f"--workdir={runs / name / f'fold{fold}'}",
+                f"--config.data_dir={DIGITS}", f"--config.num_folds={a.folds}",
+                f"--config.fold={fold}", "--config.predict_checkpoint=last",
+                "--config.plots=false", *epochs)
+        for seed in range(a.full):
+            walls[name] += run_main(
+                "--config", MEMBERS[name], f"--workdir={runs / name / f'full{seed}'}",
+                f"--config.data_dir={DIGITS}", "--config.val_fraction=0",
+                f"--config.bag_fraction={a.bag}", f"--config.seed={seed}",
+                "--config.plots=false", *epochs)
+    out = runs / "ensemble"
+    subprocess.run([sys.executable, "-m", "digitjax.ensemble",
+                    f"--members={','.join(str(runs / n) for n in names)}",
+                    f"--output_dir={out}"], cwd=REPO, check=True)
+    report = json.loads((out / "summary.json").read_text())
+    rows = []
+    for r in report["results"]:
+        member = r["name"] in walls
+        epochs_run = summary(runs / r["name"] / "fold0")["epochs"] if member else "-"
+        rows.append({"run": r["name"], "config": MEMBERS.get(r["name"], a.members),
+                     "epochs": epochs_run, "oof_accuracy": r["oof_accuracy"],
+                     "interval_95": f"[{r['low']:.4f}, {r['high']:.4f}]",
+                     "test_from": r.get("test_from", "weighted members"),
+                     "wall_seconds": walls[r["name"]] if member else sum(walls.values())})
+    weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(names, report["weights"], strict=True))
+    table = (markdown_table(rows, OOF_COLUMNS) + f"\nOut-of-fold over {report['oof_rows']:,} "
+             f"training rows ({a.folds} folds). Weights fitted on them: {weights}. "
+             f"Submission: {out / 'submission.csv'}\n")
+    write_results("ensemble", "Recipe: ensemble (out-of-fold)", table,
+                  f"python experiments/recipes.py ensemble --members {a.members} "
+                  f"--folds {a.folds} --epochs {a.epochs} --full {a.full} --bag {a.bag}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe", choices=["seed", "default", "best", "ensemble", "ablation"])
     ap.add_argument("--runs", default=str(REPO / "runs" / "recipes"))
-    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--members", default="strided,kernel3,kernel5,kernel7,inception",
+                    help=f"ensemble: members by name, from {', '.join(MEMBERS)}")
+    ap.add_argument("--folds", type=int, default=5, help="ensemble: k of the k-fold runs")
+    ap.add_argument("--epochs", type=int, default=0, help="ensemble: epochs (0: the config's)")
+    ap.add_argument("--full", type=int, default=0,
+                    help="ensemble: runs per member on every row (seeds 0..N-1) whose test "
+                         "predictions are submitted; 0 submits the fold models' mean")
+    ap.add_argument("--bag", type=float, default=1.0,
+                    help="ensemble: each --full run trains on this random share of the rows, "
+                         "a different one per seed (bagging; Deotte's members: 0.9)")
     a = ap.parse_args()
     runs = Path(a.runs) / a.recipe
     rows = []
@@ -50,22 +116,8 @@ def main() -> None:
     elif a.recipe in ("default", "best"):
         rows.append({"run": a.recipe, **train(f"configs/{a.recipe}.py", runs / "s0")})
     elif a.recipe == "ensemble":
-        members = [runs / f"s{seed}" for seed in range(a.members)]
-        for seed, workdir in enumerate(members):
-            rows.append({"run": f"member {seed}", **train("configs/best.py", workdir, seed)})
-        subprocess.run([sys.executable, "-m", "digitjax.ensemble",
-                        f"--workdirs={','.join(map(str, members))}",
-                        f"--output_dir={runs / 'ensemble'}"], cwd=REPO, check=True)
-        report = json.loads((runs / "ensemble" / "summary.json").read_text())
-        rows.append({"run": "ensemble (mean probabilities)", "config": "configs/best.py",
-                     "seed": f"0-{a.members - 1}", "epochs": rows[0]["epochs"],
-                     "best_val": report["val_accuracy"], "last_val": "-", "val_tta": "-",
-                     "wall_seconds": sum(r["wall_seconds"] for r in rows)})
-        rows.append({"run": "ensemble of the last epochs (nothing chosen on validation)",
-                     "config": "configs/best.py", "seed": f"0-{a.members - 1}",
-                     "epochs": rows[0]["epochs"], "best_val": "-",
-                     "last_val": last_epoch_results(members)[1], "val_tta": "-",
-                     "wall_seconds": rows[-1]["wall_seconds"]})
+        ensemble(a, runs)
+        return
     else:
         # TTA changes neither training nor checkpoint choice (both are made without it),
         # so the default run reports it in val_tta instead of training a fifth time.

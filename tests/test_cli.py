@@ -120,8 +120,8 @@ def test_bad_training_data_fails_cleanly_and_damages_nothing(
         ("--config.num_epochs=abc", ["--config.num_epochs=abc", "invalid literal for int()"]),
         ("--config.batch_size=0", ["config.batch_size: expected an integer >= 1, got 0"]),
         ("--config.val_fraction=1.5", ["config.val_fraction: expected a number in [0, 1)"]),
-        ("--config.model=vgg", ["config.model: expected one of ['cnn', 'resnet', 'seed_cnn', "
-                                "'strided_cnn'], got 'vgg'"]),
+        ("--config.model=vgg", ["config.model: expected one of ['cnn', 'inception_cnn', "
+                                "'kernel_cnn', 'resnet', 'seed_cnn', 'strided_cnn'], got 'vgg'"]),
         ("--config.schedule=zigzag", ["config.schedule: expected one of ['constant'", "'zigzag'"]),
         ("--config.augment.shear_deg=-5", ["config.augment.shear_deg: expected a number >= 0, "
                                            "got -5.0"]),
@@ -164,8 +164,9 @@ def test_validation_report_with_tta(trained_workdir, digits_dir):
     config = workdir.saved_config(trained_workdir, default.get_config())
     assert config.model == "seed_cnn" and config.tta_shifts == ()
     report = predict.validation_report(config, trained_workdir)
-    assert set(report) == {"best_epoch", "val_accuracy", "macro_f1", "per_class",
-                           "confusion_matrix"}
+    assert set(report) == {"best_epoch", "checkpoint", "val_count", "val_accuracy", "macro_f1",
+                           "per_class", "confusion_matrix"}
+    assert report["checkpoint"] == "best"
     record = json.loads((trained_workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["val_accuracy"] == pytest.approx(record["val_accuracy"], abs=1e-6)
     config.tta_shifts = ((0, 0), (1, 0), (0, -1))
@@ -176,4 +177,6 @@ def test_validation_report_with_tta(trained_workdir, digits_dir):
     train_labels = pd.read_csv(digits_dir / "train.csv", usecols=["label"])["label"].to_numpy()
     _, val_idx = sampling.stratified_split(train_labels, 0.2, config.split_seed)
     assert probs.shape == (len(val_idx), 10) and np.array_equal(labels, train_labels[val_idx])
+    assert np.array_equal(np.load(trained_workdir / "val_rows.npy"), val_idx)
+    assert report["val_count"] == len(val_idx)
     assert np.mean(probs.argmax(1) == labels) == with_tta["val_accuracy_tta"]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digitjax.ensemble import ensemble
+from digitjax.ensemble import average as ensemble
 from digitjax.errors import UserError
 
 

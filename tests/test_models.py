@@ -43,7 +43,7 @@ def test_default_cnn_parameter_count():
 def test_unknown_model_is_named():
     config = default.get_config()
     config.model = "vgg"
-    names = r"\['cnn', 'resnet', 'seed_cnn', 'strided_cnn'\]"
+    names = r"\['cnn', 'inception_cnn', 'kernel_cnn', 'resnet', 'seed_cnn', 'strided_cnn'\]"
     with pytest.raises(UserError, match=r"config.model: expected one of " + names):
         create_model(config, 10)
 

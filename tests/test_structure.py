@@ -42,8 +42,8 @@ def test_any_optax_optimizer_by_name_with_its_kwargs():
                                                  "keyword argument 'weight_decay' (for 'adam')"),
     ("schedule", "linear", "config.schedule: expected one of ['constant', 'exponential', "
                            "'onecycle', 'warmup_cosine'], got 'linear'"),
-    ("model", "vgg", "config.model: expected one of ['cnn', 'resnet', 'seed_cnn', "
-                     "'strided_cnn'], got 'vgg'"),
+    ("model", "vgg", "config.model: expected one of ['cnn', 'inception_cnn', "
+                     "'kernel_cnn', 'resnet', 'seed_cnn', 'strided_cnn'], got 'vgg'"),
 ])
 def test_a_bad_name_or_kwarg_is_named_once(field, value, message):
     config = default.get_config()

@@ -9,13 +9,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from digitjax.models.cnn import CNN
+from digitjax.models.inception_cnn import InceptionCNN
+from digitjax.models.kernel_cnn import KernelCNN
 from digitjax.models.resnet import ResNet
 from digitjax.models.seed_cnn import SeedCNN
 from digitjax.models.strided_cnn import StridedCNN
 from digitjax.registry import lookup
 
 MODELS: dict[str, type[nn.Module]] = {
-    "seed_cnn": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet}
+    "seed_cnn": SeedCNN, "cnn": CNN, "strided_cnn": StridedCNN, "resnet": ResNet,
+    "kernel_cnn": KernelCNN, "inception_cnn": InceptionCNN}
 
 # Compute dtypes by name (`config.dtype`): activations and convolutions run in it, while
 # parameters, optimizer state, batch-norm statistics and the logits stay float32.

@@ -1,0 +1,187 @@
+"""Issue 16: k-fold out-of-fold estimates, bagging, the new model families, and the
+ensemble fitted on out-of-fold predictions."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from digitjax import ensemble, scores
+from digitjax.config_checks import check_config
+from digitjax.configs import default
+from digitjax.data import sampling
+from digitjax.errors import UserError
+from digitjax.models import create_model
+from tests.conftest import run_main
+
+LABELS = np.repeat(np.arange(10), [53, 47, 50, 50, 51, 49, 50, 50, 52, 48])
+
+
+def folds_config(k: int, fold: int = 0, **fields):
+    config = default.get_config()
+    config.num_folds, config.fold = k, fold
+    config.update(fields)
+    return config
+
+
+def test_folds_partition_every_row_once_keeping_class_shares():
+    held = [sampling.train_val_rows(LABELS, folds_config(5, f))[1] for f in range(5)]
+    assert np.array_equal(np.sort(np.concatenate(held)), np.arange(len(LABELS)))
+    for f, rows in enumerate(held):
+        train, _ = sampling.train_val_rows(LABELS, folds_config(5, f))
+        assert len(np.intersect1d(train, rows)) == 0 and len(train) + len(rows) == len(LABELS)
+        counts = np.bincount(LABELS[rows], minlength=10)
+        assert np.all(np.abs(counts - np.bincount(LABELS) / 5) < 1)  # each class's share
+        assert abs(len(rows) - len(LABELS) / 5) <= 10  # within one image per class
+    again = sampling.train_val_rows(LABELS, folds_config(5, 2))[1]
+    other = sampling.train_val_rows(LABELS, folds_config(5, 2, split_seed=1))[1]
+    assert np.array_equal(again, held[2]) and not np.array_equal(other, held[2])
+
+
+def test_bags_are_drawn_by_seed_from_the_training_rows():
+    train, val = sampling.train_val_rows(LABELS, folds_config(4, 1))
+    bag0 = sampling.train_val_rows(LABELS, folds_config(4, 1, bag_fraction=0.9))[0]
+    bag1 = sampling.train_val_rows(LABELS, folds_config(4, 1, bag_fraction=0.9, seed=1))[0]
+    assert len(bag0) == round(0.9 * len(train)) and np.all(np.isin(bag0, train))
+    assert not np.array_equal(bag0, bag1)
+    assert np.array_equal(bag0, sampling.train_val_rows(
+        LABELS, folds_config(4, 1, bag_fraction=0.9))[0])
+    assert np.array_equal(val, sampling.train_val_rows(
+        LABELS, folds_config(4, 1, bag_fraction=0.9, seed=1))[1])  # bags leave val alone
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"num_folds": 1}, "config.num_folds: expected 0 (off) or >= 2, got 1"),
+    ({"num_folds": 5, "fold": 5}, "config.fold: expected 0..4 (config.num_folds - 1), got 5"),
+    ({"fold": 2}, "config.fold: expected 0..0"),
+    ({"bag_fraction": 0.0}, "config.bag_fraction: expected a number in (0, 1], got 0.0"),
+    ({"predict_checkpoint": "first"}, "config.predict_checkpoint: expected 'best' or 'last'"),
+])
+def test_bad_fold_settings_are_refused_naming_the_field(fields, message):
+    config = default.get_config()
+    config.update(fields)
+    with pytest.raises(UserError) as e:
+        check_config(config)
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("kernel, features, side", [
+    (3, (8, 8, 8, 8, 8, 8, 8, 8, 8, 8), 8), (5, (8, 8, 8, 8, 8), 8), (7, (8, 8, 8, 8), 4)])
+def test_kernel_cnn_shrinks_the_image_by_its_kernel_without_pooling(kernel, features, side):
+    config = default.get_config()
+    config.model = "kernel_cnn"
+    config.kernel_cnn.kernel_size, config.kernel_cnn.features = kernel, features
+    model = create_model(config, 10)
+    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    kernels = [v["kernel"].shape for k, v in variables["params"].items() if k.startswith("Conv")]
+    assert kernels[0] == (kernel, kernel, 1, 8) and len(kernels) == len(features)
+    assert variables["params"]["Dense_0"]["kernel"].shape == (side * side * 8, 10)
+    assert model.apply(variables, np.zeros((3, 28, 28, 1), np.float32)).shape == (3, 10)
+
+
+def test_inception_cnn_concatenates_its_branches():
+    config = default.get_config()
+    config.model = "inception_cnn"
+    config.inception_cnn.features, config.inception_cnn.blocks_per_stage = (16, 32), 1
+    model = create_model(config, 10)
+    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    assert variables["params"]["Dense_0"]["kernel"].shape == (32, 10)
+    assert model.apply(variables, np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+
+
+def test_wilson_interval_from_scipy():
+    low, high = scores.interval(0.996, 42_000)
+    assert low < 0.996 < high and 0.0005 < high - 0.996 < 0.0007  # about +-0.06 pp
+    low, high = scores.interval(0.996, 4_200)
+    assert 0.0015 < 0.996 - low < 0.0025  # about +-0.19 pp, as the issue says
+
+
+def fold_run(folder, fold: int, k: int, rows, probs, labels, test_probs):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"num_folds": k, "fold": fold}))
+    np.save(folder / "val_rows.npy", np.asarray(rows))
+    np.save(folder / "val_probs.npy", np.asarray(probs, np.float32))
+    np.save(folder / "val_labels.npy", np.asarray(labels))
+    np.save(folder / "test_probs.npy", np.asarray(test_probs, np.float32))
+    pd.DataFrame({"id": [1, 2], "label": ["0", "0"]}).to_csv(folder / "predictions.csv",
+                                                             index=False)
+    (folder / "submission.csv").write_text("ImageId,Label\n1,0\n2,0\n")
+    (folder / "classes.json").write_text(json.dumps(["0", "1"]))
+
+
+def one_hot(predicted, confidence=0.9):
+    return [[confidence, 1 - confidence] if p == 0 else [1 - confidence, confidence]
+            for p in predicted]
+
+
+def test_members_are_scored_out_of_fold_and_weighted(tmp_path):
+    """Member a is right on every row, b on half: a's out-of-fold accuracy is 1, b's 0.5,
+    and the fitted weights put (nearly) everything on a, in every cross-fit too."""
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    folds = [np.array([0, 3, 4, 7]), np.array([1, 2, 5, 6])]  # rows held out by each fold
+    b_predicts = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # right on rows 0, 2, 5, 7
+    for f, rows in enumerate(folds):
+        fold_run(tmp_path / "a" / f"fold{f}", f, 2, rows, one_hot(labels[rows]), labels[rows],
+                 [[0.8, 0.2], [0.3, 0.7]])
+        fold_run(tmp_path / "b" / f"fold{f}", f, 2, rows, one_hot(b_predicts[rows], 0.6),
+                 labels[rows], [[0.4, 0.6], [0.6, 0.4]])
+    report = ensemble.from_members([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    results = {r["name"]: r["oof_accuracy"] for r in report["results"]}
+    assert results["a"] == 1.0 and results["b"] == 0.5 and report["oof_rows"] == 8
+    assert results["fitted weights (cross-fitted)"] == 1.0
+    assert report["weights"][0] > 0.99
+    probs = np.load(tmp_path / "out" / "test_probs.npy")
+    w = report["weights"]
+    np.testing.assert_allclose(probs, w[0] * np.array([[0.8, 0.2], [0.3, 0.7]])
+                               + w[1] * np.array([[0.4, 0.6], [0.6, 0.4]]), rtol=1e-5)
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert sub["Label"].tolist() == [0, 1]
+
+
+def test_out_of_fold_refuses_folds_that_do_not_partition_the_rows(tmp_path):
+    labels = np.array([0, 1, 0, 1])
+    fold_run(tmp_path / "m" / "fold0", 0, 2, [0, 1], one_hot([0, 1]), [0, 1], [[1, 0], [0, 1]])
+    with pytest.raises(UserError, match="num_folds is 2, but .* holds 1 fold runs"):
+        ensemble.out_of_fold(tmp_path / "m")
+    fold_run(tmp_path / "m" / "fold1", 1, 2, [1, 3], one_hot([1, 1]), labels[[1, 3]],
+             [[1, 0], [0, 1]])
+    with pytest.raises(UserError, match="do not cover the training rows once each"):
+        ensemble.out_of_fold(tmp_path / "m")
+    with pytest.raises(UserError, match="no fold\\*/ runs"):
+        ensemble.out_of_fold(tmp_path / "empty")
+
+
+def test_two_folds_end_to_end_predict_every_row_with_the_last_checkpoint(digits_dir, tmp_path):
+    """The seed model on 640 digits, 2 folds of 2 epochs each through the CLI: the two
+    runs' validation rows are all 640 rows once, scored by their last epoch's checkpoint
+    (the accuracy equals that epoch's metrics.jsonl line), and the ensemble CLI
+    scores them out of fold."""
+    member = tmp_path / "seed"
+    for fold in range(2):
+        proc = run_main("--config", "configs/seed.py", f"--workdir={member / f'fold{fold}'}",
+                        f"--config.data_dir={digits_dir}", "--config.num_epochs=2",
+                        "--config.num_folds=2", f"--config.fold={fold}",
+                        "--config.predict_checkpoint=last", "--config.plots=false",
+                        f"--config.compilation_cache_dir={tmp_path / 'xla'}")
+        assert proc.returncode == 0, proc.stderr
+        assert "last checkpoint (epoch 2): validation accuracy" in proc.stdout
+        last = json.loads((member / f"fold{fold}" / "metrics.jsonl").read_text()
+                          .splitlines()[-1])
+        summary = json.loads((member / f"fold{fold}" / "summary.json").read_text())
+        assert summary["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-6)
+        assert abs(summary["val_count"] - 320) <= 5  # half of each class, within 1 image
+    probs, labels, fold = ensemble.out_of_fold(member)
+    train = pd.read_csv(digits_dir / "train.csv")
+    assert np.array_equal(labels, train["label"].to_numpy())
+    assert np.bincount(fold).tolist() == [json.loads((member / f"fold{f}" / "summary.json")
+                                                     .read_text())["val_count"] for f in (0, 1)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitjax.ensemble", f"--members={member}",
+         f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "out-of-fold" in proc.stdout and " on 640" in proc.stdout
+    assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 50
