@@ -17,7 +17,7 @@ import jinja2
 import ml_collections
 from etils import epath
 
-from digitjax import checkpoint, files, model_summary, parallel, plots
+from digitjax import checkpoint, files, model_summary, parallel, plots, scores
 from digitjax.errors import UserError
 from digitjax.workdir import RUN_INFO, read_metrics, saved_config
 
@@ -60,6 +60,14 @@ class Run:
                 if c.get("data_format", "pixels") == "pixels" else c.get("data_dir", "")
         return source, self.class_names
 
+    def _interval(self, accuracy: float | None) -> str:
+        """The Wilson interval of `accuracy` over the validation images, when known."""
+        n = self.summary.get("val_count") or self.info.get("data", {}).get("validation")
+        if accuracy is None or not n:
+            return "-"
+        low, high = scores.interval(accuracy, n)
+        return f"[{low:.2%}, {high:.2%}] of {n:,}"
+
     def facts(self) -> dict[str, str]:
         """The headline numbers, as printed in both kinds of report."""
         best, best_epoch = self.best
@@ -70,6 +78,7 @@ class Run:
             "model": self.config.get("model", "?"),
             "epochs": f"{last['epoch']} of {self.config.get('num_epochs', '?')}",
             "best validation accuracy": "-" if best is None else f"{best:.4%} (epoch {best_epoch})",
+            "95% interval": self._interval(best),
             "final validation accuracy": (f"{last['val_accuracy']:.4%}"
                                           if "val_accuracy" in last else "-"),
             "final train accuracy": f"{last['train_accuracy']:.4%}",
