@@ -20,4 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.rotation_deg = 5.0  # Half the default's augmentation: a short run
     config.augment.zoom = 0.05  # needs to fit more than to generalise.
     config.augment.shift = 0.05
+    config.plots = False  # Seconds of matplotlib after the run; `--mode=report` draws them later.
     return config
