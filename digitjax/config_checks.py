@@ -4,10 +4,11 @@ written, with one line naming the field and what it expects."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from digitjax.errors import UserError
-from digitjax.models import DTYPES, MODELS
+from digitjax.models import DTYPES, MODELS, create_model
 from digitjax.registry import lookup
 from digitjax.train import create_optimizer
 
@@ -45,4 +46,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         need(config.augment[field] >= 0, f"augment.{field}", "a number >= 0")
     need(config.augment.zoom < 1, "augment.zoom", "a number < 1 (scale in 1 +- zoom)")
     need(config.augment.elastic_sigma > 0, "augment.elastic_sigma", "a number > 0")
+    kwargs = config.get(config.model) or {}
+    if "dropout" in kwargs:
+        need(0 <= kwargs["dropout"] < 1, f"{config.model}.dropout", "a number in [0, 1)")
+    if "features" in kwargs:
+        features = kwargs["features"]
+        need(len(features) >= 1 and all(int(f) >= 1 for f in features),
+             f"{config.model}.features", "one or more channel counts >= 1")
+    for field in ("kernel_size", "blocks_per_stage", "convs_per_stage"):
+        if field in kwargs:
+            need(kwargs[field] >= 1, f"{config.model}.{field}", "an integer >= 1")
     create_optimizer(config, 1)  # names a bad optimizer, schedule or their kwargs
+
+
+def check_model(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                num_classes: int) -> None:
+    """Refuses, in one line, model settings that cannot be built on the data's images
+    (e.g. more unpadded layers than the image has pixels): the model is traced on
+    abstract arrays, which costs no compute."""
+    model = create_model(config, num_classes)
+    try:
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape))))
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, the settings are at fault
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"config.{config.model}: cannot build this model on "
+                        f"{'x'.join(map(str, image_shape))} images ({reason})") from None

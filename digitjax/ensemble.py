@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import app, flags, logging
 
 from digitjax import files, scores
 from digitjax.data import Dataset
@@ -36,6 +36,32 @@ from digitjax.predict import write_predictions
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained workdirs to average.")
 _MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/ensemble", "Where the ensemble goes.")
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+
+
+def _check_out_dir(out_dir: Path, runs: list[Path]) -> None:
+    """Refuses an output folder that is, or lies inside, one of the runs it reads (it
+    would overwrite that run's predictions) or that is a file."""
+    out = out_dir.resolve()
+    for run in runs:
+        if out == run.resolve() or run.resolve() in out.parents:
+            raise UserError(f"--output_dir: {out_dir} is inside {run}, whose files it would "
+                            "overwrite; choose a folder outside the runs")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir: {out_dir} is a file (expected a folder)")
 
 
 def _need(w: Path, *names: str) -> None:
@@ -49,12 +75,12 @@ def test_probs(workdirs: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str],
     must have predicted the same rows with the same classes."""
     for w in workdirs:
         _need(w, "test_probs.npy", "predictions.csv", "classes.json")
-    classes = [json.loads((w / "classes.json").read_text()) for w in workdirs]
+    classes = [_json(w / "classes.json") for w in workdirs]
     ids = [pd.read_csv(w / "predictions.csv", usecols=["id"])["id"].to_numpy() for w in workdirs]
     for w, c, i in zip(workdirs[1:], classes[1:], ids[1:], strict=True):
         if c != classes[0] or not np.array_equal(i, ids[0]):
             raise UserError(f"{w}: predicted other rows or classes than {workdirs[0]}")
-    probs = np.mean([np.load(w / "test_probs.npy") for w in workdirs], axis=0)
+    probs = np.mean([_npy(w / "test_probs.npy") for w in workdirs], axis=0)
     return probs, ids[0], classes[0], (workdirs[0] / "submission.csv").is_file()
 
 
@@ -69,12 +95,13 @@ def average(workdirs: list[Path], out_dir: Path) -> dict:
     """`--workdirs`: the plain mean of the members' test probabilities."""
     if len(workdirs) < 2:
         raise UserError("--workdirs: expected at least two trained workdirs")
+    _check_out_dir(out_dir, workdirs)
     probs, ids, classes, submission = test_probs(workdirs)
     report = {"members": [str(w) for w in workdirs]}
     if all((w / "val_probs.npy").is_file() for w in workdirs):
-        labels = [np.load(w / "val_labels.npy") for w in workdirs]
+        labels = [_npy(w / "val_labels.npy") for w in workdirs]
         if all(np.array_equal(x, labels[0]) for x in labels):
-            val = [np.load(w / "val_probs.npy") for w in workdirs]
+            val = [_npy(w / "val_probs.npy") for w in workdirs]
             report["member_val_accuracy"] = [float(np.mean(v.argmax(1) == labels[0])) for v in val]
             report["val_accuracy"] = float(np.mean(np.mean(val, 0).argmax(1) == labels[0]))
             report["val_interval_95"] = scores.interval(report["val_accuracy"], len(labels[0]))
@@ -92,12 +119,12 @@ def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     parts = []
     for w in runs:
         _need(w, "config.json", "val_probs.npy", "val_labels.npy", "val_rows.npy")
-        config = json.loads((w / "config.json").read_text())
+        config = _json(w / "config.json")
         if config.get("num_folds", 0) != len(runs):
             raise UserError(f"{w / 'config.json'}: num_folds is {config.get('num_folds', 0)}, "
                             f"but {member} holds {len(runs)} fold runs")
-        parts.append((config["fold"], np.load(w / "val_rows.npy"), np.load(w / "val_probs.npy"),
-                      np.load(w / "val_labels.npy")))
+        parts.append((config["fold"], _npy(w / "val_rows.npy"), _npy(w / "val_probs.npy"),
+                      _npy(w / "val_labels.npy")))
     if sorted(p[0] for p in parts) != list(range(len(runs))):
         raise UserError(f"{member}: expected folds 0..{len(runs) - 1} once each, got "
                         f"{sorted(p[0] for p in parts)}")
@@ -150,6 +177,7 @@ def from_members(members: list[Path], out_dir: Path) -> dict:
     majority vote, fitted weights), and the weighted test prediction."""
     if not members:
         raise UserError("--members: expected member folders holding fold*/ runs")
+    _check_out_dir(out_dir, members)
     oof = [out_of_fold(m) for m in members]
     labels, fold = oof[0][1], oof[0][2]
     for m, (_, y, f) in zip(members[1:], oof[1:], strict=True):
@@ -187,7 +215,16 @@ def from_members(members: list[Path], out_dir: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.ERROR)  # absl's backend notes; the results are printed
     try:
+        if len(argv) > 1:
+            raise UserError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+        if _MEMBERS.value and _WORKDIRS.value:
+            raise UserError("--members and --workdirs: expected one of them (members: folders "
+                            "of fold runs; workdirs: runs to average)")
+        if not (_MEMBERS.value or _WORKDIRS.value):
+            raise UserError("expected --members=FOLDER,... (k-fold members) or "
+                            "--workdirs=RUN,RUN,... (runs to average)")
         if _MEMBERS.value:
             report = from_members([Path(m) for m in _MEMBERS.value], Path(_OUTPUT_DIR.value))
             for r in report["results"]:
@@ -201,6 +238,9 @@ def main(argv: list[str]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # the output folder cannot be written
+        print(f"error: cannot write {_OUTPUT_DIR.value}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from digitjax import (
 )
 from digitjax import workdir as runs
 from digitjax.checkpoint import Checkpoints
-from digitjax.config_checks import check_config
+from digitjax.config_checks import check_config, check_model
 from digitjax.data import Dataset, describe, embedded, load_train
 from digitjax.data.sampling import epoch_batches, padded_batches, train_val_rows
 from digitjax.errors import TrainingDiverged, UserError
@@ -203,6 +203,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     if data.source == embedded.SOURCE:
         console.log("note: no config.data_dir given, so this runs on the embedded 5,000 "
                     "digits; for the competition add --config.data_dir=path/to/digit-recognizer")
+    check_model(config, data.image_shape, len(data.class_names))
     norm = None
     if config.normalization == "standardize":
         mean, std = transforms.channel_stats(data.images, train_idx)

@@ -35,8 +35,8 @@ _INPUT = flags.DEFINE_string(
     "input", "", "predict: images (folder, image file, pixel CSV); evaluate: labelled data "
     "(class folders, labels CSV, pixel CSV with labels).")
 _OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", "", "predict: default the workdir; evaluate: default <workdir>/evaluation; "
-    "report --workdirs: default their common parent.")
+    "output_dir", "", "predict: default <workdir>/predict/<input name>; evaluate: default "
+    "<workdir>/evaluation; report --workdirs: default their common parent.")
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "--mode=report: trained workdirs to compare.")
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_epoch", 0, "End this invocation after that epoch (0: run to num_epochs).")
@@ -86,8 +86,10 @@ def run(argv: list[str]) -> None:
             raise UserError(f"--input: expected the images to {_MODE.value} with "
                             f"--mode={_MODE.value}")
         if _MODE.value == "predict":
+            # by default beside, never over, the run's own test predictions
+            default_out = workdir / "predict" / epath.Path(_INPUT.value.rstrip("/")).stem
             written = predict.predict_path(config, workdir, _INPUT.value,
-                                           _OUTPUT_DIR.value or workdir)
+                                           _OUTPUT_DIR.value or default_out)
         else:
             from digitjax import evaluate
 

@@ -95,13 +95,21 @@ def load_run(workdir: epath.PathLike) -> Run:
     """The run in `workdir`; a folder with none is refused in one line."""
     workdir = epath.Path(workdir)
     history = read_metrics(workdir)
-    if not (workdir / "config.json").is_file() or not history:
+    if not (workdir / "config.json").is_file() or not (workdir / "metrics.jsonl").is_file():
         raise UserError(f"{workdir}: no training run here (expected config.json and "
                         "metrics.jsonl from --mode=train)")
+    if not history:
+        raise UserError(f"{workdir / 'metrics.jsonl'}: no epoch recorded yet (train at least "
+                        "one epoch)")
 
     def read(name: str, default):
         path = workdir / name
-        return json.loads(path.read_text()) if path.is_file() else default
+        if not path.is_file():
+            return default
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path}: not readable JSON (a damaged file?)") from None
 
     config = read("config.json", {})
     return Run(workdir, config, history, read("classes.json", []), read("summary.json", {}),

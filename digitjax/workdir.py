@@ -140,7 +140,15 @@ def read_metrics(workdir: epath.PathLike) -> list[dict]:
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}, line {number}: not a JSON record (a damaged "
+                                "file?)") from None
+    return records
 
 
 def read_history(workdir: epath.PathLike, last_epoch: int) -> list[dict]:

@@ -185,3 +185,42 @@ def test_two_folds_end_to_end_predict_every_row_with_the_last_checkpoint(digits_
     assert proc.returncode == 0, proc.stderr
     assert "out-of-fold" in proc.stdout and " on 640" in proc.stdout
     assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 50
+
+
+def test_the_ensemble_never_writes_into_a_member(tmp_path):
+    rows = [np.array([0, 1]), np.array([2, 3])]
+    for f in range(2):
+        fold_run(tmp_path / "a" / f"fold{f}", f, 2, rows[f], one_hot([0, 1]), [0, 1],
+                 [[0.8, 0.2], [0.3, 0.7]])
+    before = (tmp_path / "a" / "fold0" / "test_probs.npy").read_bytes()
+    with pytest.raises(UserError, match="is inside .*/a, whose files it would overwrite"):
+        ensemble.from_members([tmp_path / "a"], tmp_path / "a" / "fold0")
+    assert (tmp_path / "a" / "fold0" / "test_probs.npy").read_bytes() == before
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        ensemble.from_members([tmp_path / "a"], tmp_path / "a-file")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--members=m", "--workdirs=a,b"], "error: --members and --workdirs: expected one of them"),
+    ([], "error: expected --members=FOLDER,... (k-fold members) or --workdirs="),
+])
+def test_the_ensemble_command_refuses_ambiguous_flags(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "digitjax.ensemble", *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(message)
+    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+def test_a_model_too_deep_for_the_images_is_refused_in_one_line():
+    from digitjax.config_checks import check_model
+
+    config = default.get_config()
+    config.model, config.kernel_cnn.kernel_size = "kernel_cnn", 5  # 10 layers of 5x5
+    with pytest.raises(UserError) as e:
+        check_model(config, (28, 28, 1), 10)
+    assert str(e.value) == ("config.kernel_cnn: cannot build this model on 28x28x1 images (10 "
+                            "unpadded 5x5 layers need images of at least 41 pixels a side; use "
+                            "fewer features (layers) or a smaller kernel_size)")
+    config.kernel_cnn.features = (8, 8, 8, 8, 8)
+    check_model(config, (28, 28, 1), 10)

@@ -193,11 +193,12 @@ def test_label_mapping_round_trip(tmp_path):
     proc = run_main("--config", "configs/default.py", f"--workdir={workdir}",
                     "--mode=predict", f"--input={new}")
     assert proc.returncode == 0, proc.stderr
-    preds = pd.read_csv(workdir / "predictions.csv")
+    preds = pd.read_csv(workdir / "predict" / new.name / "predictions.csv")  # the default
     assert list(preds.columns) == ["id", "label", "prob_cat", "prob_dog"]
     assert sorted(preds["id"]) == ["x1", "x2"]  # sorted by path: sub/x2 first
     assert set(preds["label"]) <= {"cat", "dog"}
     assert not (workdir / "submission.csv").exists()  # image data: no competition file
+    assert not (workdir / "predict" / new.name / "submission.csv").exists()
 
 
 def test_end_to_end_on_the_shared_mnist_pngs(shared_data, tmp_path):

@@ -31,6 +31,11 @@ class KernelCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k = self.kernel_size
+        side = min(x.shape[1:3]) - len(self.features) * (k - 1)
+        if side < 1:
+            raise ValueError(f"{len(self.features)} unpadded {k}x{k} layers need images of at "
+                             f"least {len(self.features) * (k - 1) + 1} pixels a side; use "
+                             "fewer features (layers) or a smaller kernel_size")
         for f in self.features:
             x = nn.Conv(f, (k, k), padding="VALID", use_bias=False, dtype=self.dtype)(x)
             x = nn.relu(batch_norm(train, dtype=self.dtype)(x))
