@@ -208,8 +208,12 @@ def from_members(members: list[Path], out_dir: Path) -> dict:
             raise UserError(f"{m}: predicted other test rows or classes than {members[0]}")
     mixed = sum(w * t[0] for w, t in zip(weights, tests, strict=True))
     _write(out_dir, mixed.astype(np.float32), tests[0][1], tests[0][2], tests[0][3])
+    wrong = np.stack([p.argmax(1) != labels for p in probs])
+    shared = (wrong[:, None] & wrong[None]).sum(-1)  # [i, j]: rows both get wrong
     report = {"members": [str(m) for m in members], "weights": weights.tolist(),
-              "oof_rows": n, "results": rows}
+              "oof_rows": n, "results": rows,
+              # diversity: an average cannot fix the rows every member gets wrong
+              "errors_shared": shared.tolist(), "errors_of_all": int(wrong.all(0).sum())}
     files.write_json(out_dir / "summary.json", report)
     return report
 
@@ -232,6 +236,11 @@ def main(argv: list[str]) -> None:
                       f"{scores.with_interval(r['oof_accuracy'], report['oof_rows'])}")
             print("weights: " + ", ".join(f"{Path(m).name} {w:.3f}" for m, w in
                                           zip(report["members"], report["weights"], strict=True)))
+            names = [Path(m).name for m in report["members"]]
+            print(f"out-of-fold errors (diagonal) and errors two members share: "
+                  f"{report['errors_of_all']} rows wrong in every member")
+            for name, row in zip(names, report["errors_shared"], strict=True):
+                print(f"  {name:<12}" + "".join(f"{v:>8}" for v in row))
         else:
             report = average([Path(w) for w in _WORKDIRS.value], Path(_OUTPUT_DIR.value))
             print(json.dumps(report, indent=2))

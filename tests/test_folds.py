@@ -133,6 +133,7 @@ def test_members_are_scored_out_of_fold_and_weighted(tmp_path):
     results = {r["name"]: r["oof_accuracy"] for r in report["results"]}
     assert results["a"] == 1.0 and results["b"] == 0.5 and report["oof_rows"] == 8
     assert results["fitted weights (cross-fitted)"] == 1.0
+    assert report["errors_shared"] == [[0, 0], [0, 4]] and report["errors_of_all"] == 0
     assert report["weights"][0] > 0.99
     probs = np.load(tmp_path / "out" / "test_probs.npy")
     w = report["weights"]
