@@ -137,16 +137,6 @@ def test_members_are_scored_out_of_fold_and_weighted(tmp_path):
     # the ensembles are a's rows exactly: no discordant row, nothing to test
     assert all(r["p_vs_best"] == 1.0 for r in report["results"][2:])
 
-
-def test_mcnemar_sees_a_paired_difference_the_intervals_cannot():
-    """60 rows gained and 20 lost of 42,000: +0.095 pp, inside either accuracy's
-    +-0.08 pp interval, yet p < 1e-5 paired."""
-    other = np.ones(42_000, bool)
-    other[:300] = False
-    right = other.copy()
-    right[:60], right[300:320] = True, False
-    assert ensemble.paired_p(right, other) < 1e-5
-    assert ensemble.paired_p(other, other) == 1.0
     assert report["weights"][0] > 0.99
     probs = np.load(tmp_path / "out" / "test_probs.npy")
     w = report["weights"]
@@ -238,3 +228,14 @@ def test_a_model_too_deep_for_the_images_is_refused_in_one_line():
                             "fewer features (layers) or a smaller kernel_size)")
     config.kernel_cnn.features = (8, 8, 8, 8, 8)
     check_model(config, (28, 28, 1), 10)
+
+
+def test_mcnemar_sees_a_paired_difference_the_intervals_cannot():
+    """60 rows gained and 20 lost of 42,000: +0.095 pp, inside either accuracy's
+    +-0.08 pp interval, yet p < 1e-5 paired."""
+    other = np.ones(42_000, bool)
+    other[:300] = False
+    right = other.copy()
+    right[:60], right[300:320] = True, False
+    assert ensemble.paired_p(right, other) < 1e-5
+    assert ensemble.paired_p(other, other) == 1.0
