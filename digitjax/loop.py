@@ -250,6 +250,7 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
         faults.point("save_started")
 
     history = runs.read_history(workdir, at.epoch)
+    start_epoch = at.epoch
     train_fn = make_train_fn(config, norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
@@ -305,8 +306,8 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
                 raise _stopped(ckpts, signum, f"epoch {at.epoch}")
     finally:
         writer.close()
-    if at.epoch >= config.num_epochs and not history:
-        console.log(f"{workdir}: already trained for {at.epoch} epochs")
+    if at.epoch == start_epoch >= config.num_epochs:
+        console.log(f"{workdir}: already trained for {at.epoch} epochs (nothing retrained)")
     return history[-1] if history else {"epoch": at.epoch}
 
 

@@ -2,6 +2,7 @@
 ensemble fitted on out-of-fold predictions."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -239,3 +240,15 @@ def test_mcnemar_sees_a_paired_difference_the_intervals_cannot():
     right[:60], right[300:320] = True, False
     assert ensemble.paired_p(right, other) < 1e-5
     assert ensemble.paired_p(other, other) == 1.0
+
+
+def test_a_finished_run_says_it_is_not_retrained(trained_workdir, digits_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_workdir, run)  # the shared workdir stays as other tests left it
+    proc = run_main("--config", "configs/seed.py", f"--workdir={run}",
+                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
+                    "--config.val_fraction=0.2", "--config.plots=false",
+                    f"--config.compilation_cache_dir={trained_workdir.parent / 'xla_cache'}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{run}: already trained for 1 epochs (nothing retrained)" in proc.stdout
+    assert "epoch   1/1 |" not in proc.stdout
