@@ -243,8 +243,9 @@ def listing(workdir: epath.PathLike) -> list[dict]:
     ckpts = Checkpoints(workdir, create=False)
     try:
         if ckpts.legacy:
+            meta = _legacy_meta(ckpts.directory)  # one read: the record holds both fields
             return [{"kind": "latest (older layout)", "path": str(ckpts.directory / LEGACY_LATEST),
-                     **{k: _legacy_meta(ckpts.directory).get(k) for k in ("epoch", "step")}}]
+                     "epoch": meta.get("epoch"), "step": meta.get("step")}]
         found = []
         for kind, step in (("latest", ckpts.latest_step()), ("best", ckpts.best_step())):
             if step is not None:
