@@ -32,6 +32,7 @@ from digitjax import files, scores
 from digitjax.data import Dataset
 from digitjax.errors import UserError
 from digitjax.predict import write_predictions
+from digitjax.workdir import read_metrics
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained workdirs to average.")
 _MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs).")
@@ -139,6 +140,24 @@ def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return probs, labels, fold
 
 
+def by_epoch(member: Path) -> list[float]:
+    """The member's out-of-fold accuracy after each epoch, from its fold runs'
+    metrics.jsonl: epoch e's correct digits summed over the folds (each fold's count is
+    its validation accuracy times its rows), over every row. The curve of one schedule
+    (the cosine decays over num_epochs): it says whether the last epochs still gain
+    (train more) or have flattened; to choose num_epochs, compare fold runs of each
+    length as members, paired."""
+    runs = sorted(member.glob("fold*"), key=lambda p: p.name)
+    correct, total = None, 0
+    for w in runs:
+        n = len(_npy(w / "val_rows.npy"))
+        acc = [r["val_accuracy"] for r in read_metrics(w) if "val_accuracy" in r]
+        right = np.rint(np.asarray(acc) * n)
+        correct = right if correct is None else correct[:len(right)] + right[:len(correct)]
+        total += n
+    return [] if correct is None else (correct / total).tolist()
+
+
 def fit_weights(probs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to 1 that maximise the log-likelihood of `labels`
     under the weighted mean of `probs` (scipy's L-BFGS over softmax parameters). The
@@ -219,6 +238,8 @@ def from_members(members: list[Path], out_dir: Path) -> dict:
     for m, t in zip(members[1:], tests[1:], strict=True):
         if t[2] != tests[0][2] or not np.array_equal(t[1], tests[0][1]):
             raise UserError(f"{m}: predicted other test rows or classes than {members[0]}")
+    for r, m in zip(rows[:len(members)], members, strict=True):
+        r["oof_by_epoch"] = by_epoch(m)
     mixed = sum(w * t[0] for w, t in zip(weights, tests, strict=True))
     _write(out_dir, mixed.astype(np.float32), tests[0][1], tests[0][2], tests[0][3])
     wrong = np.stack([p.argmax(1) != labels for p in probs])
@@ -249,6 +270,12 @@ def main(argv: list[str]) -> None:
                           if "p_vs_best" in r else "")
                 print(f"{r['name']:<32} out-of-fold "
                       f"{scores.with_interval(r['oof_accuracy'], report['oof_rows'])}{paired}")
+            for r in report["results"]:
+                if r.get("oof_by_epoch"):
+                    curve = r["oof_by_epoch"]
+                    print(f"{r['name']:<12} out-of-fold by epoch: "
+                          + " ".join(f"{e}:{a:.2%}" for e, a in enumerate(curve, 1))
+                          + f"  (best epoch {int(np.argmax(curve)) + 1})")
             print("weights: " + ", ".join(f"{Path(m).name} {w:.3f}" for m, w in
                                           zip(report["members"], report["weights"], strict=True)))
             names = [Path(m).name for m in report["members"]]

@@ -147,6 +147,17 @@ def test_members_are_scored_out_of_fold_and_weighted(tmp_path):
     assert sub["Label"].tolist() == [0, 1]
 
 
+def test_the_out_of_fold_curve_sums_each_epochs_correct_digits_over_the_folds(tmp_path):
+    """Fold 0 (4 rows) gets 2 then 4 right, fold 1 (4 rows) 3 then 3: 5/8 then 7/8."""
+    for f, accuracies in enumerate([(0.5, 1.0), (0.75, 0.75)]):
+        w = tmp_path / "m" / f"fold{f}"
+        fold_run(w, f, 2, [f, f + 2, f + 4, f + 6], one_hot([0] * 4), [0] * 4, [[1, 0]] * 2)
+        (w / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "val_accuracy": a}) + "\n"
+            for e, a in enumerate(accuracies, 1)))
+    assert ensemble.by_epoch(tmp_path / "m") == [5 / 8, 7 / 8]
+
+
 def test_out_of_fold_refuses_folds_that_do_not_partition_the_rows(tmp_path):
     labels = np.array([0, 1, 0, 1])
     fold_run(tmp_path / "m" / "fold0", 0, 2, [0, 1], one_hot([0, 1]), [0, 1], [[1, 0], [0, 1]])
@@ -189,6 +200,10 @@ def test_two_folds_end_to_end_predict_every_row_with_the_last_checkpoint(digits_
          f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "out-of-fold" in proc.stdout and " on 640" in proc.stdout
+    # the curve's last epoch is the last checkpoint's out-of-fold accuracy, exactly
+    report = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert report["results"][0]["oof_by_epoch"][-1] == report["results"][0]["oof_accuracy"]
+    assert len(report["results"][0]["oof_by_epoch"]) == 2 and "by epoch: 1:" in proc.stdout
     assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 50
 
 
