@@ -22,7 +22,7 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "digitjax (jit, batch 128)": ("", {}),
     "jaxlib defaults (YNNPACK convs)": ("", {"env": {"DIGITJAX_XLA_CPU_FLAGS": "0"}}),
     "no YNNPACK at all": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
-    "strided convs without space-to-depth": ("", {"plain_conv": True}),
+    "no convolution rewrites (models/conv.py)": ("", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),
@@ -37,9 +37,6 @@ import jax, jax.numpy as jnp, numpy as np
 from common import step_config
 from digitjax import loop, train
 opts = json.loads(sys.argv[1]); model = sys.argv[2]
-if opts.get("plain_conv"):
-    import digitjax.models.strided_cnn
-    digitjax.models.strided_cnn.space_to_depth_conv = jax.lax.conv_general_dilated
 config = step_config(model, opts.get("batch_size", 128))
 state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
 fn = loop.make_train_fn(config, None)

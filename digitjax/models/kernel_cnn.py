@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from digitjax.models.conv import cpu_conv
 from digitjax.models.layers import batch_norm, classifier
 
 
@@ -37,7 +38,8 @@ class KernelCNN(nn.Module):
                              f"least {len(self.features) * (k - 1) + 1} pixels a side; use "
                              "fewer features (layers) or a smaller kernel_size")
         for f in self.features:
-            x = nn.Conv(f, (k, k), padding="VALID", use_bias=False, dtype=self.dtype)(x)
+            x = nn.Conv(f, (k, k), padding="VALID", use_bias=False, dtype=self.dtype,
+                        conv_general_dilated=cpu_conv)(x)
             x = nn.relu(batch_norm(train, dtype=self.dtype)(x))
         x = x.reshape((x.shape[0], -1))
         x = batch_norm(train, dtype=self.dtype)(x)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from digitjax.models.conv import space_to_depth_conv
+from digitjax.models.conv import cpu_conv
 from digitjax.models.layers import batch_norm, classifier
 
 
@@ -21,7 +21,7 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False,
-                    conv_general_dilated=space_to_depth_conv, dtype=self.dtype)(x)
+                    conv_general_dilated=cpu_conv, dtype=self.dtype)(x)
         y = nn.relu(batch_norm(train, dtype=self.dtype)(y))
         y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
         # the block starts as identity

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from digitjax.models.conv import space_to_depth_conv
+from digitjax.models.conv import cpu_conv
 from digitjax.models.layers import batch_norm, classifier
 
 
@@ -30,7 +30,7 @@ class StridedCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(x, f, k, stride=1, padding="SAME"):
             x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False,
-                        conv_general_dilated=space_to_depth_conv, dtype=self.dtype)(x)
+                        conv_general_dilated=cpu_conv, dtype=self.dtype)(x)
             return nn.relu(batch_norm(train, dtype=self.dtype)(x))
 
         for f in self.features:
