@@ -1,5 +1,6 @@
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -10,6 +11,7 @@ from digitjax.configs import default, seed
 from digitjax.errors import UserError
 from digitjax.models import create_model
 from digitjax.models.conv import cpu_conv, space_to_depth_conv
+from digitjax.models.pool import max_pool
 
 
 def param_count(variables) -> int:
@@ -131,6 +133,33 @@ def test_cpu_conv_leaves_large_outputs_and_switched_off_runs_to_lax(monkeypatch)
     monkeypatch.delenv("DIGITJAX_CPU_CONV_TRICKS")
     assert "window_strides=(2, 2)" not in str(jax.make_jaxpr(lambda x: cpu_conv(
         x, w, (2, 2), "SAME", dimension_numbers=dims))(x))
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    ((3, 3), (1, 1), "SAME"), ((2, 4), (1, 1), "SAME"), ((2, 2), (2, 2), "VALID"),
+    ((3, 2), (3, 2), "VALID"), ((3, 3), (2, 2), "SAME"),  # the last: nn.max_pool itself
+])
+def test_max_pool_equals_flax_and_shares_ties(window, strides, padding):
+    """Away from ties the value and gradient are nn.max_pool's; on a tie (integers) the
+    gradient is split among the tied inputs, so every output's gradient still arrives
+    whole: the gradients sum to the same total."""
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x)))
+
+    def reference(x):
+        return nn.max_pool(x, window, strides=strides, padding=padding)
+
+    def fast(x):
+        return max_pool(x, window, strides, padding)
+
+    assert jnp.allclose(fast(x), reference(x))
+    assert jnp.allclose(jax.grad(loss(fast))(x), jax.grad(loss(reference))(x), atol=1e-6)
+    ties = jnp.round(x)
+    grad, ref_grad = jax.grad(lambda x: fast(x).sum())(ties), jax.grad(
+        lambda x: reference(x).sum())(ties)
+    assert jnp.allclose(grad.sum(), ref_grad.sum())
 
 
 def test_cpu_flags_keep_what_the_user_set(monkeypatch):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from digitjax.models.layers import batch_norm, classifier
+from digitjax.models.pool import max_pool
 
 
 class InceptionCNN(nn.Module):
@@ -38,12 +39,12 @@ class InceptionCNN(nn.Module):
         for i, f in enumerate(self.features):
             for _ in range(self.blocks_per_stage):
                 b = f // 4
-                pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+                pooled = max_pool(x, (3, 3), (1, 1), "SAME")
                 x = jnp.concatenate([conv(x, b, 1), conv(conv(x, b, 1), b, 3),
                                      conv(conv(conv(x, b, 1), b, 3), b, 3),
                                      conv(pooled, f - 3 * b, 1)], axis=-1)
             if i < len(self.features) - 1:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, (2, 2), (2, 2))
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return classifier(self.num_classes)(x)

@@ -1,0 +1,75 @@
+"""Max pooling in forms whose gradient XLA:CPU runs fast (a CPU speed trick).
+
+`nn.max_pool` is a `reduce_window`; its gradient is a select-and-scatter, which
+XLA:CPU runs as a variadic reduce-window over (value, index) pairs plus a scatter:
+in `inception_cnn`'s step those took ~180 of 345 ms of thread time at batch 128
+(`python experiments/profile_step.py --model inception_cnn`). The same maxima here:
+- a non-overlapping window (window == strides, VALID, sizes divisible): a reshape into
+  blocks and a `max` over them, whose gradient is an equality mask (elementwise);
+- a stride-1 SAME window: `nn.max_pool` forward, and a gradient written out as the
+  window's shifted slices (each input gets the gradient of every output whose
+  maximum it equals): selects and adds in one fusion.
+Both split a tie's gradient equally among the tied inputs (JAX's rule for `max`)
+instead of giving it to the first one; the two agree away from ties, and both are
+subgradients. Measured on the forward + gradient of one 128x28x28x16 pool: 3x3
+stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load ~2, `/tmp` micro-benchmark,
+the step's own numbers are in experiments/README.md). Other windows, other
+backends, and `DIGITJAX_CPU_CONV_TRICKS=0` get `nn.max_pool`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from digitjax.models.conv import tricks_on
+
+
+def _shifts(x: jax.Array, pads: tuple[tuple[int, int], ...], value: float, kh: int, kw: int):
+    """The kh x kw shifted views of `x` padded by `pads` (H, W) with `value`."""
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
+    return [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _same_max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+    return nn.max_pool(x, window, strides=(1, 1), padding="SAME")
+
+
+def _same_max_pool_fwd(x: jax.Array, window: tuple[int, int]):
+    y = _same_max_pool(x, window)
+    return y, (x, y)
+
+
+def _same_max_pool_bwd(window: tuple[int, int], res, g: jax.Array):
+    x, y = res
+    (kh, kw), lo = window, ((window[0] - 1) // 2, (window[1] - 1) // 2)
+    hi = (kh - 1 - lo[0], kw - 1 - lo[1])
+    # the inputs in output q's window that equal its maximum share its gradient
+    ties = sum((xs == y).astype(g.dtype)
+               for xs in _shifts(x, ((lo[0], hi[0]), (lo[1], hi[1])), -jnp.inf, kh, kw))
+    share = g / ties
+    # input p lies in the windows of outputs p - hi .. p + lo
+    pads = ((hi[0], lo[0]), (hi[1], lo[1]))
+    return (sum(jnp.where(x == ys, gs, 0.0) for ys, gs in zip(
+        _shifts(y, pads, jnp.inf, kh, kw), _shifts(share, pads, 0.0, kh, kw), strict=True)),)
+
+
+_same_max_pool.defvjp(_same_max_pool_fwd, _same_max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
+             padding: str = "VALID") -> jax.Array:
+    """`nn.max_pool(x, window, strides, padding)` for NHWC `x`."""
+    (wh, ww), (sh, sw) = tuple(window), tuple(strides)
+    n, h, w, c = x.shape
+    if tricks_on() and (wh, ww) == (sh, sw) and padding == "VALID" and not (h % wh or w % ww):
+        return x.reshape(n, h // wh, wh, w // ww, ww, c).max(axis=(2, 4))
+    if tricks_on() and (sh, sw) == (1, 1) and padding == "SAME":
+        return _same_max_pool(x, (wh, ww))
+    return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
