@@ -11,7 +11,7 @@ from digitjax.configs import default, seed
 from digitjax.errors import UserError
 from digitjax.models import create_model
 from digitjax.models.conv import cpu_conv, space_to_depth_conv
-from digitjax.models.pool import max_pool
+from digitjax.models.pool import avg_pool, max_pool
 
 
 def param_count(variables) -> int:
@@ -160,6 +160,18 @@ def test_max_pool_equals_flax_and_shares_ties(window, strides, padding):
     grad, ref_grad = jax.grad(lambda x: fast(x).sum())(ties), jax.grad(
         lambda x: reference(x).sum())(ties)
     assert jnp.allclose(grad.sum(), ref_grad.sum())
+
+
+@pytest.mark.parametrize("window,size", [((2, 2), (12, 12)), ((3, 2), (9, 8)), ((2, 2), (7, 8))])
+def test_avg_pool_equals_flax_with_its_gradient(window, size):
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+
+    def reference(x):
+        return nn.avg_pool(x, window, strides=window)
+
+    assert jnp.allclose(avg_pool(x, window), reference(x), atol=1e-6)
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(avg_pool(x, window))))(x)
+    assert jnp.allclose(grad, jax.grad(lambda x: jnp.sum(jnp.sin(reference(x))))(x), atol=1e-6)
 
 
 def test_cpu_flags_keep_what_the_user_set(monkeypatch):
