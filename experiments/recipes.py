@@ -83,10 +83,19 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
                      "interval_95": f"[{r['low']:.4f}, {r['high']:.4f}]",
                      "test_from": r.get("test_from", "weighted members"),
                      "wall_seconds": walls[r["name"]] if member else sum(walls.values())})
+    curves = [r for r in report["results"] if r.get("oof_by_epoch")]
+    epochs_table = "".join(
+        f"| {r['name']} | " + " | ".join(f"{a:.4f}" for a in r["oof_by_epoch"]) + " |\n"
+        for r in curves)
+    if curves:  # the curve epochs are chosen on (every row out of fold at every epoch)
+        width = max(len(r["oof_by_epoch"]) for r in curves)
+        epochs_table = ("\nOut-of-fold accuracy after each epoch (fold metrics summed):\n\n"
+                        "| member | " + " | ".join(str(e) for e in range(1, width + 1))
+                        + " |\n|" + " --- |" * (width + 1) + "\n" + epochs_table)
     weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(names, report["weights"], strict=True))
     table = (markdown_table(rows, OOF_COLUMNS) + f"\nOut-of-fold over {report['oof_rows']:,} "
              f"training rows ({a.folds} folds). Weights fitted on them: {weights}. "
-             f"Submission: {out / 'submission.csv'}\n")
+             f"Submission: {out / 'submission.csv'}\n" + epochs_table)
     write_results("ensemble", "Recipe: ensemble (out-of-fold)", table,
                   f"python experiments/recipes.py ensemble --members {a.members} "
                   f"--folds {a.folds} --epochs {a.epochs} --full {a.full} --bag {a.bag}")

@@ -22,7 +22,8 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "digitjax (jit, batch 128)": ("", {}),
     "jaxlib defaults (YNNPACK convs)": ("", {"env": {"DIGITJAX_XLA_CPU_FLAGS": "0"}}),
     "no YNNPACK at all": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
-    "no convolution rewrites (models/conv.py)": ("", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
+    "no conv/pool rewrites (models/conv.py, pool.py)": (
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),
