@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="variant names separated by ';'")
+    ap.add_argument("--out", default="", help="Markdown file to write (default "
+                    "experiments/results/xla_options_<model>.md)")
     a = ap.parse_args()
     names = [n for n in VARIANTS if not a.only or n in a.only.split(";")]
     rates = {n: [] for n in names}
@@ -95,9 +97,12 @@ def main() -> None:
         lines.append(f"| {n} | {r:.0f} | {r / base:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = REPO / "experiments" / "results" / f"xla_options_{a.model}.md"
+    out = Path(a.out) if a.out else REPO / "experiments" / "results" / f"xla_options_{a.model}.md"
     out.write_text(f"# XLA:CPU options and step variants\n\nReproduce: "
-                   f"`python experiments/xla_options.py --model {a.model}`\n\n{text}")
+                   f"`python experiments/xla_options.py --model {a.model}"
+                   + (f" --rounds {a.rounds} --only '{a.only}'" if a.only else "")
+                   + (f" --out {a.out}" if a.out else "")
+                   + "`\n\n" + text)
 
 
 if __name__ == "__main__":
