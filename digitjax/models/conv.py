@@ -21,8 +21,9 @@ turns both off, leaving every convolution to `lax.conv_general_dilated`.
    Eigen does not take, and the generic loop it falls to took 135 of the step's 175 ms
    of thread time. Here that gradient is a matmul of the output gradient with the
    kernel (the same FLOPs as the forward pass) followed by col2im (each kernel tap's
-   slice added at its offset): 136 ms -> 18-24 ms for that layer at batch 128
-   (`python experiments/xla_options.py --model kernel_cnn:7`).
+   slice added at its offset): 136 ms -> 18-24 ms for that layer's input gradient at
+   batch 128 (a one-off micro-benchmark); the whole `kernel_cnn:7` step is 1.42x faster
+   (experiments/results/rewrites_kernel_cnn7.md, `python experiments/xla_options.py`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ in `inception_cnn`'s step those took ~180 of 345 ms of thread time at batch 128
 Both split a tie's gradient equally among the tied inputs (JAX's rule for `max`)
 instead of giving it to the first one; the two agree away from ties, and both are
 subgradients. Measured on the forward + gradient of one 128x28x28x16 pool: 3x3
-stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load ~2, `/tmp` micro-benchmark,
-the step's own numbers are in experiments/README.md). Other windows, other
+stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load ~2, a one-off micro-benchmark);
+the whole `inception_cnn` step is 1.61x faster (experiments/results/
+rewrites_inception_cnn.md, `python experiments/xla_options.py`). Other windows, other
 backends, and `DIGITJAX_CPU_CONV_TRICKS=0` get `nn.max_pool`.
 """
 
