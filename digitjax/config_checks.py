@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from digitjax import parallel
 from digitjax.errors import UserError
 from digitjax.models import DTYPES, MODELS, create_model
 from digitjax.registry import lookup
@@ -37,7 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.num_classes >= 2, "num_classes", "an integer >= 2")
     need(config.normalization in ("unit", "standardize"), "normalization",
          "'unit' or 'standardize'")
-    n = jax.device_count()
+    n = parallel.data_mesh(config).size
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
     need(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")

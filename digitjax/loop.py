@@ -209,7 +209,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
         mean, std = transforms.channel_stats(data.images, train_idx)
         norm = {"mean": mean, "std": std}
 
-    mesh = parallel.data_mesh()
+    mesh = parallel.data_mesh(config)
     state = parallel.init_state(
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
                                    len(data.class_names), steps_per_epoch),

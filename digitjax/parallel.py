@@ -7,12 +7,15 @@ each process supplies only its own rows of every global batch.
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from digitjax import cpu_flags
 
 DATA_AXIS = "data"
 
@@ -38,8 +41,16 @@ def _multi_worker_cluster() -> bool:
     return "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
 
 
-def data_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def data_mesh(config=None) -> Mesh:
+    """All devices of all processes on one `data` axis. Where the devices are
+    digitjax's own split of a CPU host (`cpu_flags`) and `config`'s batch sizes do not
+    divide by their count, as many as divide both: a config that runs on jax's single
+    CPU device is not refused for a speed-up it did not ask for."""
+    devices = jax.devices()
+    if (config is not None and cpu_flags.host_split_by_digitjax()
+            and jax.process_count() == 1 and jax.default_backend() == "cpu"):
+        devices = devices[:math.gcd(len(devices), config.batch_size, config.eval_batch_size)]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -30,7 +30,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLik
         return parallel.init_state(
             lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
                                        len(meta["class_names"])),
-            parallel.data_mesh(), config.shard_params)
+            parallel.data_mesh(config), config.shard_params)
 
     return checkpoint.load(workdir, template, which)
 
@@ -46,7 +46,7 @@ def predict_probs(state: TrainState, images: np.ndarray, config, norm,
                   tta_shifts=None) -> np.ndarray:
     """(N, classes) float32 softmax probabilities of uint8 NHWC `images`, averaged
     over the test-time shifts (`config.tta_shifts` unless given)."""
-    mesh = parallel.data_mesh()
+    mesh = parallel.data_mesh(config)
     to_float = transforms.to_float(norm)
     shifts = [tuple(s) for s in (config.tta_shifts if tta_shifts is None else tta_shifts)]
 

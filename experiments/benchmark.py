@@ -70,13 +70,18 @@ def worker_digitjax(model: str) -> dict:
     import jax
     from common import step_config
 
-    from digitjax import loop, train
+    from digitjax import loop, parallel, train
 
     config = step_config(model, BATCH)
-    state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
+    # placed as the loop places them: state replicated, batch split over the data mesh
+    # (all CPU devices; 2 on a 2-core CPU, see digitjax/cpu_flags.py)
+    mesh = parallel.data_mesh()
+    state = jax.device_put(
+        train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100),
+        parallel.replicated(mesh))
     train_fn = loop.make_train_fn(config, None)
     x, y = digits()
-    xd, yd = jax.device_put(x), jax.device_put(y)
+    xd, yd = parallel.global_array(x, mesh), parallel.global_array(y, mesh)
     holder = {"state": state}
 
     def step():

@@ -30,9 +30,8 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "XNNPACK": ("--xla_cpu_use_xnnpack=true", {}),
     "no Eigen threads": ("--xla_cpu_multi_thread_eigen=false", {}),
     "lax.scan 8 steps": ("", {"scan": 8}),
-    # the batch split over 2 virtual CPU devices (the loop's data mesh), one per core
-    "2 CPU devices, data parallel": ("--xla_force_host_platform_device_count=2",
-                                     {"mesh": True}),
+    # digitjax's default splits the host into 2 devices (cpu_flags.py); this is jax's 1
+    "1 CPU device (DIGITJAX_CPU_DEVICES=1)": ("", {"env": {"DIGITJAX_CPU_DEVICES": "1"}}),
 }
 
 WORKER = r'''
@@ -51,15 +50,13 @@ if k > 1:
     step = jax.jit(lambda s, xs, ys: jax.lax.scan(lambda s, a: train.train_step(
         s, {"image": a[0].astype(jnp.float32) / 255, "label": a[1]}), s, (xs, ys)))
     call = lambda s: step(s, x, y)
-elif opts.get("mesh"):
+else:  # placed as the loop places them: the batch split over the data mesh
     from digitjax import parallel
     mesh = parallel.data_mesh()
     state = jax.device_put(state, parallel.replicated(mesh))
     xs = parallel.global_array(np.asarray(x[0]), mesh)
     ys = parallel.global_array(np.asarray(y[0]), mesh)
     call = lambda s: fn(s, xs, ys)
-else:
-    call = lambda s: fn(s, x[0], y[0])
 s, m = call(state); jax.block_until_ready(m)
 for _ in range(3):
     s, m = call(s)

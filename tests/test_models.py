@@ -1,12 +1,14 @@
+import math
 import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from jax import lax
 
-from digitjax import cpu_flags
+from digitjax import cpu_flags, parallel
 from digitjax.configs import default, seed
 from digitjax.errors import UserError
 from digitjax.models import create_model
@@ -175,14 +177,49 @@ def test_avg_pool_equals_flax_with_its_gradient(window, size):
 
 
 def test_cpu_flags_keep_what_the_user_set(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    monkeypatch.delenv("DIGITJAX_CPU_DEVICES", raising=False)
+    user = ("--xla_cpu_experimental_ynn_fusion_type=dot"
+            " --xla_force_host_platform_device_count=3")
+    monkeypatch.setenv("XLA_FLAGS", user)
     cpu_flags.apply_cpu_flags()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert os.environ["XLA_FLAGS"] == user
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     cpu_flags.apply_cpu_flags()
     assert os.environ["XLA_FLAGS"] == (
-        "--xla_force_host_platform_device_count=2"
+        "--xla_force_host_platform_device_count=1"
         " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+
+
+@pytest.mark.parametrize("cores, chosen, count", [
+    (1, "", None), (2, "", "2"), (16, "", "2"), (2, "1", None), (1, "4", "4")])
+def test_cpu_flags_split_the_host_into_devices(monkeypatch, cores, chosen, count):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("DIGITJAX_CPU_DEVICES", chosen)
+    monkeypatch.setattr(cpu_flags.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    cpu_flags.apply_cpu_flags()
+    flag = "--xla_force_host_platform_device_count="
+    found = [f.split("=")[1] for f in os.environ["XLA_FLAGS"].split() if f.startswith(flag)]
+    assert found == ([count] if count else [])
+
+
+def test_cpu_flags_refuse_a_bad_device_count(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("DIGITJAX_CPU_DEVICES", "two")
+    with pytest.raises(SystemExit, match="DIGITJAX_CPU_DEVICES='two': expected an integer"):
+        cpu_flags.apply_cpu_flags()
+
+
+def test_digitjaxs_cpu_split_serves_batches_that_do_not_divide_by_it(monkeypatch):
+    assert jax.device_count() == cpu_flags.cpu_device_count()  # this process's own split
+    mark = f"{cpu_flags.DEVICE_COUNT_FLAG}={jax.device_count()}"
+    monkeypatch.setenv(cpu_flags.SPLIT_MARK, mark)
+    monkeypatch.setenv("XLA_FLAGS", mark)
+    odd = ml_collections.ConfigDict({"batch_size": 5, "eval_batch_size": 10})
+    even = ml_collections.ConfigDict({"batch_size": 4, "eval_batch_size": 8})
+    assert parallel.data_mesh(odd).size == math.gcd(jax.device_count(), 5)
+    assert parallel.data_mesh(even).size == jax.device_count()
+    monkeypatch.setenv(cpu_flags.SPLIT_MARK, "")  # the user's own device count: all of them
+    assert parallel.data_mesh(odd).size == jax.device_count()
 
 
 def test_space_to_depth_conv_leaves_other_layouts_to_lax():
