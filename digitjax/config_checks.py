@@ -38,6 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.num_classes >= 2, "num_classes", "an integer >= 2")
     need(config.normalization in ("unit", "standardize"), "normalization",
          "'unit' or 'standardize'")
+    need(config.cpu_devices >= 0, "cpu_devices", "an integer >= 0 (0: digitjax's choice)")
     n = parallel.data_mesh(config).size
     need(config.batch_size % n == 0, "batch_size", f"a multiple of the {n} devices")
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")

@@ -69,6 +69,7 @@ def run(argv: list[str]) -> None:
                             "config file defining get_config(), such as configs/default.py)"
                             ) from None
     workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path or "").stem))
+    parallel.set_cpu_devices(config.get("cpu_devices", 0))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compile_cache.enable(config.get("compilation_cache_dir", ""))
     if _MODE.value == "train":

@@ -41,13 +41,21 @@ def _multi_worker_cluster() -> bool:
     return "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
 
 
+def set_cpu_devices(count: int) -> None:
+    """`config.cpu_devices`: split the CPU host into `count` XLA devices (0 leaves the
+    count to `cpu_flags`). Only before jax starts its backend; a GPU/TPU run ignores it."""
+    if count > 0 and cpu_flags.cpu_is_the_backend():
+        jax.config.update("jax_num_cpu_devices", count)
+
+
 def data_mesh(config=None) -> Mesh:
     """All devices of all processes on one `data` axis. Where the devices are
     digitjax's own split of a CPU host (`cpu_flags`) and `config`'s batch sizes do not
     divide by their count, as many as divide both: a config that runs on jax's single
     CPU device is not refused for a speed-up it did not ask for."""
     devices = jax.devices()
-    if (config is not None and cpu_flags.host_split_by_digitjax()
+    if (config is not None and not config.get("cpu_devices", 0)
+            and cpu_flags.host_split_by_digitjax()
             and jax.process_count() == 1 and jax.default_backend() == "cpu"):
         devices = devices[:math.gcd(len(devices), config.batch_size, config.eval_batch_size)]
     return Mesh(np.asarray(devices), (DATA_AXIS,))

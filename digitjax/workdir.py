@@ -27,7 +27,7 @@ RESUMABLE_CHANGES = ("num_epochs", "progress", "data_dir", "test_file", "test_di
                      "eval_batch_size", "shard_params", "tta_shifts", "decode_workers",
                      "compilation_cache_dir", "checkpoint_every_steps", "keep_checkpoints",
                      "tfds_data_dir", "tfds_test_split", "tfds_in_memory_mb", "plots",
-                     "predict_checkpoint")
+                     "predict_checkpoint", "cpu_devices")
 
 # Fields added after runs were made, each at the value that reproduces those runs: a
 # saved config without the field was trained as if it had this value ("group.name", or
@@ -41,7 +41,7 @@ ADDED_FIELDS = {"augment.shear_deg": 0.0, "augment.elastic_alpha": 0.0,
                 "kernel_cnn.features": [32, 48, 64, 80, 96, 112, 128, 144, 160, 176],
                 "kernel_cnn.dropout": 0.0, "inception_cnn.features": [64, 128],
                 "inception_cnn.blocks_per_stage": 2, "inception_cnn.dropout": 0.3,
-                "predict_checkpoint": "best"}
+                "predict_checkpoint": "best", "cpu_devices": 0}
 
 # Model names that changed: the saved name -> today's (the parameters are the same).
 RENAMED_MODELS = {"seed": "seed_cnn"}

@@ -128,6 +128,10 @@ def test_bad_training_data_fails_cleanly_and_damages_nothing(
         ("--config.augment.elastic_sigma=0", ["config.augment.elastic_sigma: expected a number "
                                               "> 0, got 0.0"]),
         ("--config.no_such_field=1", ["no config field 'no_such_field'"]),
+        ("--config.cpu_devices=-1", ["config.cpu_devices: expected an integer >= 0"]),
+        # the host split into 3 devices as asked, and a count you choose is not reduced
+        ("--config.cpu_devices=3", ["config.batch_size: expected a multiple of the 3 devices, "
+                                    "got 32"]),
         ("--config.learning_rate=0.01", ["this workdir holds a run with a different config",
                                          "config.learning_rate"]),
         ("--config.augment.zoom=0.2", ["a different config (fields config.augment.zoom)"]),
