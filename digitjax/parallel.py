@@ -54,7 +54,7 @@ def data_mesh(config=None) -> Mesh:
     divide by their count, as many as divide both: a config that runs on jax's single
     CPU device is not refused for a speed-up it did not ask for."""
     devices = jax.devices()
-    if (config is not None and not config.get("cpu_devices", 0)
+    if (config is not None and jax.config.jax_num_cpu_devices <= 0  # no count set in jax
             and cpu_flags.host_split_by_digitjax()
             and jax.process_count() == 1 and jax.default_backend() == "cpu"):
         devices = devices[:math.gcd(len(devices), config.batch_size, config.eval_batch_size)]

@@ -60,6 +60,24 @@ def test_predict_mode_reloads_without_retraining(trained_workdir, digits_dir, tm
     assert snapshot(trained_workdir / "checkpoints") == before
 
 
+def test_a_run_on_its_own_device_count_predicts_under_digitjaxs_split(digits_dir, tmp_path):
+    """Trained on one CPU device with an odd eval batch; predicted by a process with
+    digitjax's 2-device split (no --config): the mesh shrinks to what divides the batch,
+    and the predictions are the training run's own."""
+    workdir = tmp_path / "run"
+    proc = run_main("--config", "configs/seed.py", f"--workdir={workdir}",
+                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
+                    "--config.val_fraction=0.2", "--config.cpu_devices=1",
+                    "--config.eval_batch_size=5", "--config.plots=False",
+                    f"--config.compilation_cache_dir={tmp_path / 'xla_cache'}")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_main(f"--workdir={workdir}", "--mode=predict",
+                    f"--input={digits_dir / 'test.csv'}", f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "submission.csv").read_bytes() == \
+        (workdir / "submission.csv").read_bytes()
+
+
 def write_csv(folder, name, text):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
