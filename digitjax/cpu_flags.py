@@ -83,8 +83,9 @@ def apply_cpu_flags() -> None:
         return
     flags = os.environ.get("XLA_FLAGS", "")
     wanted = dict(CPU_FLAGS)
-    if cpu_device_count() > 1:
-        wanted[DEVICE_COUNT_FLAG] = str(cpu_device_count())
+    count = cpu_device_count()
+    if count > 1:
+        wanted[DEVICE_COUNT_FLAG] = str(count)
     for name, value in wanted.items():
         if name not in flags:
             flags = f"{flags} {name}={value}".strip()

@@ -55,9 +55,16 @@ def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def trained_workdir(digits_dir, tmp_path_factory) -> Path:
     """A workdir trained for one epoch of the seed model on `digits_dir`."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_main("--config", "configs/seed.py", f"--workdir={workdir}",
-                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
-                    "--config.val_fraction=0.2",
-                    f"--config.compilation_cache_dir={workdir.parent / 'xla_cache'}")
+    proc = train_seed_one_epoch(workdir, digits_dir)
     assert proc.returncode == 0, proc.stderr
     return workdir
+
+
+def train_seed_one_epoch(workdir: Path, digits_dir: Path, *flags: str
+                         ) -> subprocess.CompletedProcess:
+    """One epoch of configs/seed.py on `digits_dir` (20% held out) into `workdir`, its
+    compilation cache beside it, with `flags` added."""
+    return run_main("--config", "configs/seed.py", f"--workdir={workdir}",
+                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
+                    "--config.val_fraction=0.2", *flags,
+                    f"--config.compilation_cache_dir={workdir.parent / 'xla_cache'}")

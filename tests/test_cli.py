@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import run_main, train_seed_one_epoch
 
 
 def snapshot(folder):
@@ -65,11 +65,8 @@ def test_a_run_on_its_own_device_count_predicts_under_digitjaxs_split(digits_dir
     digitjax's 2-device split (no --config): the mesh shrinks to what divides the batch,
     and the predictions are the training run's own."""
     workdir = tmp_path / "run"
-    proc = run_main("--config", "configs/seed.py", f"--workdir={workdir}",
-                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
-                    "--config.val_fraction=0.2", "--config.cpu_devices=1",
-                    "--config.eval_batch_size=5", "--config.plots=False",
-                    f"--config.compilation_cache_dir={tmp_path / 'xla_cache'}")
+    proc = train_seed_one_epoch(workdir, digits_dir, "--config.cpu_devices=1",
+                                "--config.eval_batch_size=5", "--config.plots=False")
     assert proc.returncode == 0, proc.stderr
     proc = run_main(f"--workdir={workdir}", "--mode=predict",
                     f"--input={digits_dir / 'test.csv'}", f"--output_dir={tmp_path / 'out'}")

@@ -22,7 +22,7 @@ from digitjax import checkpoint, console, evaluate, loop, parallel, plots, repor
 from digitjax.configs import default, seed
 from digitjax.data import sampling
 from digitjax.errors import UserError
-from tests.conftest import run_main
+from tests.conftest import run_main, train_seed_one_epoch
 from tests.test_cli import assert_clean_failure, snapshot
 
 
@@ -146,11 +146,8 @@ def test_training_writes_plots_and_the_report(trained_workdir):
 def second_run(digits_dir, tmp_path_factory):
     """The same digits, another learning rate, and config.plots=False."""
     run_dir = tmp_path_factory.mktemp("second") / "lr3e-3"
-    proc = run_main("--config", "configs/seed.py", f"--workdir={run_dir}",
-                    f"--config.data_dir={digits_dir}", "--config.num_epochs=1",
-                    "--config.val_fraction=0.2", "--config.learning_rate=3e-3",
-                    "--config.plots=false", "--config.progress=false",
-                    f"--config.compilation_cache_dir={run_dir.parent / 'xla_cache'}")
+    proc = train_seed_one_epoch(run_dir, digits_dir, "--config.learning_rate=3e-3",
+                                "--config.plots=false", "--config.progress=false")
     assert proc.returncode == 0, proc.stderr
     assert "Total Parameters: 216,650" in proc.stdout  # the model summary, at the start
     assert "(macro mean)" in proc.stdout  # the per-class table, at the end
