@@ -32,6 +32,9 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "lax.scan 8 steps": ("", {"scan": 8}),
     # digitjax's default splits the host into 2 devices (cpu_flags.py); this is jax's 1
     "1 CPU device (DIGITJAX_CPU_DEVICES=1)": ("", {"env": {"DIGITJAX_CPU_DEVICES": "1"}}),
+    # YNNPACK's convolutions run on one thread: on 2 devices each has a core of its own
+    "YNNPACK convs, 2 devices": ("--xla_force_host_platform_device_count=2",
+                                 {"env": {"DIGITJAX_XLA_CPU_FLAGS": "0"}}),
 }
 
 WORKER = r'''
