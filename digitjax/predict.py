@@ -57,8 +57,12 @@ def predict_probs(state: TrainState, images: np.ndarray, config, norm,
         return sum(jax.nn.softmax(apply_model(s, v)) for v in views) / len(views)
 
     probs_fn = jax.jit(probs)
-    batches, masks = padded_batches(len(images), config.eval_batch_size)
-    rows = parallel.process_rows(config.eval_batch_size)
+    # Each image's prediction is its own, so the batch is only a unit of work: rounded
+    # up to a multiple of the mesh, a run saved with eval batch 5 on one device still
+    # predicts where the user chose 2 (training refuses such a batch; see config_checks).
+    batch = -(-config.eval_batch_size // mesh.size) * mesh.size
+    batches, masks = padded_batches(len(images), batch)
+    rows = parallel.process_rows(batch)
     out = [parallel.to_host(probs_fn(state, parallel.global_array(images[b[rows]], mesh)))
            for b in batches]
     return np.concatenate(out)[masks.reshape(-1)].astype(np.float32)

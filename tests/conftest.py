@@ -44,9 +44,11 @@ def digits_dir(shared_data, tmp_path_factory) -> Path:
     return out
 
 
-def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """`python -m digitjax.main ARGS` in a subprocess, as a user would run it."""
-    env = dict(os.environ)
+def run_main(*args: str, cwd: Path = REPO, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    """`python -m digitjax.main ARGS` in a subprocess, as a user would run it (`env`:
+    variables to set on top of this process's)."""
+    env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "digitjax.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 

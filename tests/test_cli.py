@@ -60,10 +60,11 @@ def test_predict_mode_reloads_without_retraining(trained_workdir, digits_dir, tm
     assert snapshot(trained_workdir / "checkpoints") == before
 
 
-def test_a_run_on_its_own_device_count_predicts_under_digitjaxs_split(digits_dir, tmp_path):
+def test_a_run_on_its_own_device_count_predicts_under_other_counts(digits_dir, tmp_path):
     """Trained on one CPU device with an odd eval batch; predicted by a process with
     digitjax's 2-device split (no --config): the mesh shrinks to what divides the batch,
-    and the predictions are the training run's own."""
+    and the predictions are the training run's own. Under 2 devices the user chose
+    (XLA_FLAGS), which nothing shrinks, prediction pads its batch to 6 instead."""
     workdir = tmp_path / "run"
     proc = train_seed_one_epoch(workdir, digits_dir, "--config.cpu_devices=1",
                                 "--config.eval_batch_size=5", "--config.plots=False")
@@ -72,6 +73,13 @@ def test_a_run_on_its_own_device_count_predicts_under_digitjaxs_split(digits_dir
                     f"--input={digits_dir / 'test.csv'}", f"--output_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "submission.csv").read_bytes() == \
+        (workdir / "submission.csv").read_bytes()
+    proc = run_main(f"--workdir={workdir}", "--mode=predict",
+                    f"--input={digits_dir / 'test.csv'}", f"--output_dir={tmp_path / 'two'}",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                         "DIGITJAX_CPU_SPLIT": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "two" / "submission.csv").read_bytes() == \
         (workdir / "submission.csv").read_bytes()
 
 
