@@ -133,6 +133,11 @@ def check_same_run(workdir: epath.PathLike, config: ml_collections.ConfigDict) -
             f"config (fields {', '.join('config.' + k for k in changed)}); "
             "use a new --workdir, or the same config to resume"
         )
+    if saved.get("num_epochs", config.num_epochs) != config.num_epochs:
+        # allowed (to extend or shorten a run), but the schedule is not the saved run's
+        console.log(f"note: num_epochs {saved['num_epochs']} -> {config.num_epochs}: the "
+                    "learning-rate schedule is rebuilt over the new length, so from the "
+                    "resumed step on it is not the one this run started with")
 
 
 def read_metrics(workdir: epath.PathLike) -> list[dict]:

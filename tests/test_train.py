@@ -204,3 +204,14 @@ def test_a_run_saved_before_the_newer_fields_resumes_unless_they_change(tmp_path
     config.augment.shear_deg = 5.0
     with pytest.raises(UserError, match=r"\(fields config.augment.shear_deg\)"):
         workdir.check_same_run(tmp_path, config)
+
+
+def test_a_changed_num_epochs_resumes_and_says_the_schedule_changes(tmp_path, capsys):
+    config = default.get_config()
+    (tmp_path / "config.json").write_text(config.to_json())
+    workdir.check_same_run(tmp_path, config)
+    assert "num_epochs" not in capsys.readouterr().out
+    config.num_epochs = 30
+    workdir.check_same_run(tmp_path, config)  # allowed: extends the run
+    assert "note: num_epochs 20 -> 30: the learning-rate schedule is rebuilt" in \
+        capsys.readouterr().out
