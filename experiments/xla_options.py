@@ -24,6 +24,8 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "no YNNPACK at all": ("--xla_cpu_experimental_ynn_fusion_type=", {}),
     "no conv/pool rewrites (models/conv.py, pool.py)": (
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
+    "no row-split input gradients (models/conv.py)": (
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),

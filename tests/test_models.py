@@ -92,15 +92,19 @@ def test_space_to_depth_conv_equals_the_strided_conv(size, kernel, stride, paddi
 
 @pytest.mark.parametrize("size,kernel,padding", [
     ((10, 10), 7, "VALID"), ((6, 9), 7, "VALID"), ((4, 5), 5, "SAME"),
-    ((8, 8), 7, ((1, 0), (2, 3))),
+    ((8, 8), 7, ((1, 0), (2, 3))), ((12, 12), 3, "VALID"), ((9, 7), 3, "VALID"),
+    ((4, 4), 4, "VALID"), ((7, 6), (2, 5), ((0, 2), (1, 1))),
 ])
-def test_small_output_conv_equals_lax_with_its_gradients(size, kernel, padding):
-    """Outputs smaller than the kernel go through the matmul + col2im input gradient;
+def test_row_split_conv_equals_lax_with_its_gradients(size, kernel, padding):
+    """Unpadded stride-1 convolutions, and padded ones whose output is smaller than the
+    kernel, go through the row-split input gradient (a 1x1 output through one matmul);
     value and both gradients equal lax's, and the route is the one cpu_conv picks."""
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    kx, kw_, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (3, *size, 5))
-    w = jax.random.normal(kw, (kernel, kernel, 5, 4))
+    w = jax.random.normal(kw_, (kh, kw, 5, 4))
     dims = ("NHWC", "HWIO", "NHWC")
+
     def reference(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
 
@@ -109,32 +113,38 @@ def test_small_output_conv_equals_lax_with_its_gradients(size, kernel, padding):
 
     y, pull = jax.vjp(reference, x, w)
     y_fast, pull_fast = jax.vjp(fast, x, w)
-    assert "custom_vjp" in str(jax.make_jaxpr(fast)(x, w))  # the col2im route
-    assert y_fast.shape == y.shape and min(y.shape[1:3]) < kernel
+    assert "custom_vjp" in str(jax.make_jaxpr(fast)(x, w))  # the row-split route
+    assert y_fast.shape == y.shape
     assert jnp.allclose(y_fast, y, atol=1e-4)
     g = jax.random.normal(kg, y.shape)
     for a, b in zip(pull(g), pull_fast(g), strict=True):
         assert jnp.allclose(a, b, atol=1e-4)
 
 
-def test_cpu_conv_leaves_large_outputs_and_switched_off_runs_to_lax(monkeypatch):
+def test_each_cpu_trick_switches_off_alone(monkeypatch):
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
     w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
     dims = ("NHWC", "HWIO", "NHWC")
-    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: cpu_conv(
-        x, w, (1, 1), "VALID", dimension_numbers=dims).sum()))(x))
-    assert "custom_vjp" not in jaxpr  # a 10x10 output from a 3x3 kernel: plain lax
-    small = jax.random.normal(jax.random.key(2), (7, 7, 3, 4))
-    assert "custom_vjp" in str(jax.make_jaxpr(lambda x: cpu_conv(
-        x, small, (1, 1), "VALID", dimension_numbers=dims))(x))
-    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "0")
+
+    def routes() -> tuple[bool, bool]:
+        """(stride-1 conv takes the row split, strided conv takes space-to-depth)"""
+        plain = str(jax.make_jaxpr(lambda x: cpu_conv(
+            x, w, (1, 1), "VALID", dimension_numbers=dims))(x))
+        strided = str(jax.make_jaxpr(lambda x: cpu_conv(
+            x, w, (2, 2), "SAME", dimension_numbers=dims))(x))
+        return "custom_vjp" in plain, "window_strides=(2, 2)" not in strided
+
+    assert routes() == (True, True)
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: cpu_conv(
-        x, small, (1, 1), "VALID", dimension_numbers=dims))(x))
-    assert "window_strides=(2, 2)" in str(jax.make_jaxpr(lambda x: cpu_conv(
-        x, w, (2, 2), "SAME", dimension_numbers=dims))(x))  # no space-to-depth either
-    monkeypatch.delenv("DIGITJAX_CPU_CONV_TRICKS")
-    assert "window_strides=(2, 2)" not in str(jax.make_jaxpr(lambda x: cpu_conv(
-        x, w, (2, 2), "SAME", dimension_numbers=dims))(x))
+        x, w, (1, 1), "SAME", dimension_numbers=dims))(x))  # padded, 12x12 out: lax
+    for value, expected in [("0", (False, False)), ("row_split", (True, False)),
+                            ("space_to_depth,pool", (False, True)), ("1", (True, True))]:
+        monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", value)
+        assert routes() == expected, value
+    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
+    with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
+                       "1, 0 or names from space_to_depth, row_split, pool"):
+        routes()
 
 
 @pytest.mark.parametrize("window,strides,padding", [

@@ -1,29 +1,34 @@
 """Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Two tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
-picks between them; `DIGITJAX_CPU_CONV_TRICKS=0` (read when a model is traced)
-turns both off, leaving every convolution to `lax.conv_general_dilated`.
+picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
+which CPU tricks run: unset or 1 all, 0 none (every convolution to
+`lax.conv_general_dilated`, `nn.max_pool`), or names from TRICKS separated by commas.
 
-1. Strided convolutions as stride-1 convolutions over space-to-depth inputs
-   (`space_to_depth_conv`). XLA:CPU computes the input gradient of a strided
-   convolution with a generic loop (the gradient is a convolution with a dilated
-   input, which its fast library kernels do not take): ~50 ms per strided layer at
-   batch 128, ten times a stride-1 convolution of the same size. A k x k convolution
-   with stride s equals a ceil(k/s) x ceil(k/s) stride-1 convolution over the input
-   rearranged into s x s blocks of pixels ("space to depth"), with the kernel
-   zero-padded to a multiple of s and rearranged the same way. The `strided_cnn` step
-   is 1.36x faster with it (`python experiments/xla_options.py --model strided_cnn`).
+1. `space_to_depth`: strided convolutions as stride-1 convolutions over
+   space-to-depth inputs (`space_to_depth_conv`). XLA:CPU computes the input gradient
+   of a strided convolution with a generic loop (the gradient is a convolution with a
+   dilated input, which its fast library kernels do not take): ~50 ms per strided
+   layer at batch 128, ten times a stride-1 convolution of the same size. A k x k
+   convolution with stride s equals a ceil(k/s) x ceil(k/s) stride-1 convolution over
+   the input rearranged into s x s blocks of pixels ("space to depth"), with the
+   kernel zero-padded to a multiple of s and rearranged the same way. The
+   `strided_cnn` step is 1.36x faster with it (`python experiments/xla_options.py
+   --model strided_cnn`).
 
-2. Convolutions whose output is smaller than their kernel (`small_output_conv`), such
-   as the last 7x7 layer of `kernel_cnn:7` (10x10 in, 4x4 out). Their input gradient
-   is a "full" convolution of the 4x4 output gradient with the 7x7 kernel; XLA's
-   simplifier swaps its operands (the kernel is larger than the image) into a layout
-   Eigen does not take, and the generic loop it falls to took 135 of the step's 175 ms
-   of thread time. Here that gradient is a matmul of the output gradient with the
-   kernel (the same FLOPs as the forward pass) followed by col2im (each kernel tap's
-   slice added at its offset): 136 ms -> 18-24 ms for that layer's input gradient at
-   batch 128 (a one-off micro-benchmark); the whole `kernel_cnn:7` step is 1.42x faster
-   (experiments/results/rewrites_kernel_cnn7.md, `python experiments/xla_options.py`).
+2. `row_split`: the input gradient of a stride-1 convolution without the "full"
+   convolution's zero padding (`padded_valid_conv`). lax writes that gradient as a
+   convolution of the output gradient, padded by k-1 zeros on every side, with the
+   flipped kernel; Eigen multiplies the padding too, (h/o)^2 times the forward pass's
+   FLOPs for an h x h input and an o x o output (1.4-2.3x in `kernel_cnn:5`, 6.3x in
+   `kernel_cnn:7`'s last layer, where XLA also swaps the operands into a generic
+   loop), while oneDNN's kernels skip it: the input gradients took 1.3-1.9x
+   PyTorch's time where forward and weight gradient were at parity
+   (`python experiments/conv_passes.py`). Here the k kernel rows become k*c output
+   channels of one 1 x k convolution over the output gradient padded along the
+   width only (h/o times the FLOPs, a wider matmul), and k shifted row slices are
+   summed; a 1 x 1 output's gradient is one matmul. Per layer at batch 128:
+   `kernel_cnn:5`'s 1.6-1.75x faster, `kernel_cnn:7`'s last 157 -> 18 ms.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from digitjax.errors import UserError
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # the layout flax's nn.Conv uses, and the only one rearranged
 
@@ -51,11 +58,9 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
                         precision=None) -> jax.Array:
     """Drop-in for `lax.conv_general_dilated` as flax's `nn.Conv` calls it (NHWC, HWIO)."""
     strides = tuple(window_strides)
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-    plain = (not tricks_on() or len(strides) != 2 or strides[0] != strides[1]
-             or strides[0] == 1 or feature_group_count != 1
-             or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc)
+    plain = (not tricks_on("space_to_depth") or len(strides) != 2 or strides[0] != strides[1]
+             or strides[0] == 1 or not _rewritable(lhs, rhs, lhs_dilation, rhs_dilation,
+                                                   dimension_numbers, feature_group_count))
     if plain:
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,
@@ -82,10 +87,44 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
                                     dimension_numbers=NHWC, precision=precision)
 
 
-def tricks_on() -> bool:
-    """Whether this trace may use the CPU rewrites (CPU backend, not switched off)."""
-    return (jax.default_backend() == "cpu"
-            and os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "1") != "0")
+def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count) -> bool:
+    """Whether a call is what the rewrites take: undilated, ungrouped, NHWC/HWIO."""
+    return (feature_group_count == 1
+            and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+
+
+TRICKS = ("space_to_depth", "row_split", "pool")  # pool: models/pool.py
+
+
+def tricks_on(name: str) -> bool:
+    """Whether this trace may use the CPU rewrite `name` (one of TRICKS): the backend
+    is CPU and DIGITJAX_CPU_CONV_TRICKS does not switch it off."""
+    chosen = os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "1").strip()
+    names = TRICKS if chosen == "1" else () if chosen == "0" else chosen.split(",")
+    unknown = [n for n in names if n not in TRICKS]
+    if unknown:
+        raise UserError(f"DIGITJAX_CPU_CONV_TRICKS={chosen!r}: expected 1, 0 or names from "
+                        f"{', '.join(TRICKS)} separated by commas")
+    return jax.default_backend() == "cpu" and name in names
+
+
+def _row_split_input_grad(g: jax.Array, w: jax.Array) -> jax.Array:
+    """The input gradient of a VALID stride-1 NHWC/HWIO convolution (see the top)."""
+    kh, kw, c, f = w.shape
+    n, oh, ow, _ = g.shape
+    if oh == ow == 1:  # each tap of the kernel meets the one output pixel once
+        return jnp.einsum("nf,ijcf->nijc", g[:, 0, 0], w)
+    # rows[n, r, x, i, c]: kernel row i's contribution from output row r to input column x
+    rows_kernel = jnp.flip(w, 1).transpose(1, 3, 0, 2).reshape(1, kw, f, kh * c)
+    padded = jnp.pad(g, ((0, 0), (0, 0), (kw - 1, kw - 1), (0, 0)))
+    rows = lax.conv_general_dilated(padded, rows_kernel, (1, 1), "VALID",
+                                    dimension_numbers=NHWC).reshape(n, oh, ow + kw - 1, kh, c)
+    # input row r + i gets kernel row i's part of output row r
+    return sum(jnp.pad(rows[:, :, :, i], ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0)))
+               for i in range(kh))
 
 
 @jax.custom_vjp
@@ -99,24 +138,17 @@ def _valid_conv_fwd(x: jax.Array, w: jax.Array):
 
 def _valid_conv_bwd(res, g: jax.Array):
     x, w = res
-    kh, kw, c, _ = w.shape
-    n, oh, ow, _ = g.shape
-    cols = jnp.einsum("nhwo,ijco->nhwijc", g, w)  # each output pixel's gradient per tap
-    dx = jnp.zeros((n, oh + kh - 1, ow + kw - 1, c), g.dtype)
-    for i in range(kh):  # col2im: tap (i, j) of output pixel (h, w) came from (h+i, w+j)
-        for j in range(kw):
-            dx = dx + jnp.pad(cols[:, :, :, i, j],
-                              ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
     _, weight_vjp = jax.vjp(lambda w: lax.conv_general_dilated(
         x, w, (1, 1), "VALID", dimension_numbers=NHWC), w)
-    return dx.astype(x.dtype), weight_vjp(g)[0]
+    return _row_split_input_grad(g, w).astype(x.dtype), weight_vjp(g)[0]
 
 
 _valid_conv.defvjp(_valid_conv_fwd, _valid_conv_bwd)
 
 
-def small_output_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
-    """A stride-1 NHWC/HWIO convolution whose input gradient is a matmul and col2im."""
+def padded_valid_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
+    """A stride-1 NHWC/HWIO convolution whose input gradient is `_row_split_input_grad`
+    (the padding is applied first; its own gradient crops)."""
     kh, kw = rhs.shape[:2]
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
@@ -129,23 +161,24 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
              lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count: int = 1, precision=None) -> jax.Array:
     """Drop-in for `lax.conv_general_dilated` as flax's `nn.Conv` calls it: a strided
-    NHWC convolution goes to `space_to_depth_conv`, a stride-1 one whose output is
-    smaller than its kernel to `small_output_conv`, everything else to lax."""
-    plain = (not tricks_on() or feature_group_count != 1
-             or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-             != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
-    if not plain and any(s != 1 for s in window_strides):
-        return space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation,
-                                   rhs_dilation, dimension_numbers, feature_group_count,
-                                   precision)
-    if not plain and precision is None:
+    NHWC convolution goes to `space_to_depth_conv`; a stride-1 one without padding, or
+    whose output is smaller than its kernel, to `padded_valid_conv`; anything else (and
+    what the switches turn off) to lax."""
+    if _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count):
+        if any(s != 1 for s in window_strides):
+            return space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation,
+                                       rhs_dilation, dimension_numbers, feature_group_count,
+                                       precision)
         kh, kw = rhs.shape[:2]
         pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
                 if isinstance(padding, str) else padding)
         out_h, out_w = (lhs.shape[i + 1] + sum(pads[i]) - k + 1 for i, k in enumerate((kh, kw)))
-        if out_h < kh or out_w < kw:
-            return small_output_conv(lhs, rhs, pads)
+        # the row split where it was measured faster: unpadded, or an output smaller
+        # than the kernel; a padded conv's padding and gradient cost more (see the top)
+        if (precision is None and tricks_on("row_split")
+                and (not any(map(any, pads)) or out_h < kh or out_w < kw)):
+            return padded_valid_conv(lhs, rhs, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision)

@@ -15,7 +15,7 @@ subgradients. Measured on the forward + gradient of one 128x28x28x16 pool: 3x3
 stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load ~2, a one-off micro-benchmark);
 the whole `inception_cnn` step is 1.61x faster (experiments/results/
 rewrites_inception_cnn.md, `python experiments/xla_options.py`). Other windows, other
-backends, and `DIGITJAX_CPU_CONV_TRICKS=0` get `nn.max_pool`.
+backends, and `DIGITJAX_CPU_CONV_TRICKS=0` (or a list without `pool`) get `nn.max_pool`.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
     """`nn.max_pool(x, window, strides, padding)` for NHWC `x`."""
     (wh, ww), (sh, sw) = tuple(window), tuple(strides)
     n, h, w, c = x.shape
-    if tricks_on() and (wh, ww) == (sh, sw) and padding == "VALID" and not (h % wh or w % ww):
+    if tricks_on("pool") and (wh, ww) == (sh, sw) and padding == "VALID" and not (h % wh or w % ww):
         return x.reshape(n, h // wh, wh, w // ww, ww, c).max(axis=(2, 4))
-    if tricks_on() and (sh, sw) == (1, 1) and padding == "SAME":
+    if tricks_on("pool") and (sh, sw) == (1, 1) and padding == "SAME":
         return _same_max_pool(x, (wh, ww))
     return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
 
@@ -84,6 +84,6 @@ def avg_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
     tensor, rebuilt every step (~15 of the default CNN's ~65 ms of thread time); slices
     and adds fuse into XLA's own loops, broadcasts and all."""
     (wh, ww), (_, h, w, _) = tuple(window), x.shape
-    if not tricks_on() or h % wh or w % ww:
+    if not tricks_on("pool") or h % wh or w % ww:
         return nn.avg_pool(x, tuple(window), strides=tuple(window))
     return sum(x[:, i::wh, j::ww] for i in range(wh) for j in range(ww)) * (1 / (wh * ww))
