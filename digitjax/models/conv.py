@@ -28,7 +28,14 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    channels of one 1 x k convolution over the output gradient padded along the
    width only (h/o times the FLOPs, a wider matmul), and k shifted row slices are
    summed; a 1 x 1 output's gradient is one matmul. Per layer at batch 128:
-   `kernel_cnn:5`'s 1.6-1.75x faster, `kernel_cnn:7`'s last 157 -> 18 ms.
+   `kernel_cnn:5`'s 1.6-1.75x faster, `kernel_cnn:7`'s last 157 -> 18 ms. Whole
+   training step, on and off (`python experiments/xla_options.py --model M --only
+   ...`, experiments/results/row_split_*.md): kernel_cnn:3 1.17x, kernel_cnn:5 1.14x,
+   kernel_cnn:7 1.91x (against lax; the matmul + col2im route it replaces gave 1.42x),
+   strided_cnn 1.01x. Used where the convolution has no padding or its output is
+   smaller than its kernel: a padded one pays for materialising its padded input, and
+   on 28x28x32 the row split's slices cost more than the little padding it saves
+   (default CNN step 0.70x with it on every SAME conv), so those stay with lax.
 """
 
 from __future__ import annotations
