@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from digitjax import compile_cache, console, loop, parallel, predict, preemption, scores
 from digitjax.configs import default
 from digitjax.errors import UserError
+from digitjax.models import conv
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); other modes read the workdir's own.")
@@ -68,6 +69,7 @@ def run(argv: list[str]) -> None:
             raise UserError(f"--config: cannot load '{config_path}' ({first}; expected a "
                             "config file defining get_config(), such as configs/default.py)"
                             ) from None
+    conv.enabled_tricks()  # a bad DIGITJAX_CPU_CONV_TRICKS stops here, not in a model's trace
     workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path or "").stem))
     parallel.set_cpu_devices(config.get("cpu_devices", 0))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -168,6 +168,14 @@ def test_bad_config_fails_cleanly_and_damages_nothing(trained_workdir, flag, fra
     assert snapshot(trained_workdir) == before
 
 
+def test_bad_conv_tricks_env_fails_before_anything_is_written(tmp_path):
+    proc = run_main("--config", "configs/default.py", f"--workdir={tmp_path / 'run'}",
+                    env={"DIGITJAX_CPU_CONV_TRICKS": "row_split,fast"})
+    assert_clean_failure(proc, "DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected 1, 0 or "
+                         "names from space_to_depth, row_split, pool")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_config_file(tmp_path):
     proc = run_main("--config", "configs/nope.py", f"--workdir={tmp_path}")
     assert_clean_failure(proc, "--config: cannot load 'configs/nope.py'")

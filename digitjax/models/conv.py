@@ -140,16 +140,21 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 TRICKS = ("space_to_depth", "row_split", "pool")  # pool: models/pool.py
 
 
-def tricks_on(name: str) -> bool:
-    """Whether this trace may use the CPU rewrite `name` (one of TRICKS): the backend
-    is CPU and DIGITJAX_CPU_CONV_TRICKS does not switch it off."""
+def enabled_tricks() -> tuple[str, ...]:
+    """The CPU rewrites DIGITJAX_CPU_CONV_TRICKS allows (read at each trace)."""
     chosen = os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "1").strip()
-    names = TRICKS if chosen == "1" else () if chosen == "0" else chosen.split(",")
+    names = TRICKS if chosen == "1" else () if chosen == "0" else tuple(chosen.split(","))
     unknown = [n for n in names if n not in TRICKS]
     if unknown:
         raise UserError(f"DIGITJAX_CPU_CONV_TRICKS={chosen!r}: expected 1, 0 or names from "
                         f"{', '.join(TRICKS)} separated by commas")
-    return jax.default_backend() == "cpu" and name in names
+    return names
+
+
+def tricks_on(name: str) -> bool:
+    """Whether this trace may use the CPU rewrite `name` (one of TRICKS): the backend
+    is CPU and DIGITJAX_CPU_CONV_TRICKS does not switch it off."""
+    return jax.default_backend() == "cpu" and name in enabled_tricks()
 
 
 def _row_split_input_grad(g: jax.Array, w: jax.Array) -> jax.Array:
