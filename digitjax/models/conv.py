@@ -39,6 +39,10 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    smaller than its kernel: a padded one pays for materialising its padded input, and
    on 28x28x32 the row split's slices cost more than the little padding it saves
    (default CNN step 0.70x with it on every SAME conv), so those stay with lax.
+
+Both rewrites are custom VJPs: reverse mode only (`jax.grad`, `jax.vjp`); forward-mode
+derivatives (`jax.jvp`, `jax.jacfwd`) of a model using them need
+DIGITJAX_CPU_CONV_TRICKS=0 (or `pool` alone).
 """
 
 from __future__ import annotations
@@ -142,8 +146,9 @@ TRICKS = ("space_to_depth", "row_split", "pool")  # pool: models/pool.py
 
 def enabled_tricks() -> tuple[str, ...]:
     """The CPU rewrites DIGITJAX_CPU_CONV_TRICKS allows (read at each trace)."""
-    chosen = os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "1").strip()
-    names = TRICKS if chosen == "1" else () if chosen == "0" else tuple(chosen.split(","))
+    chosen = os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "").strip() or "1"
+    names = (TRICKS if chosen == "1" else () if chosen == "0"
+             else tuple(n.strip() for n in chosen.split(",") if n.strip()))
     unknown = [n for n in names if n not in TRICKS]
     if unknown:
         raise UserError(f"DIGITJAX_CPU_CONV_TRICKS={chosen!r}: expected 1, 0 or names from "
