@@ -3,7 +3,7 @@ pass (forward, input gradient, weight gradient), in XLA:CPU as digitjax runs it 
 `cpu_conv`, rewrites included) and in PyTorch (oneDNN).
 
     python experiments/conv_passes.py [--kernel 5] [--batch 128] [--rounds 2]
-    python experiments/conv_passes.py --model strided_cnn
+    python experiments/conv_passes.py --model strided_cnn   # or --model cnn
 
 Says which pass of which layer holds the gap the whole-step benchmark shows
 (`experiments/benchmark.py`). One XLA device (DIGITJAX_CPU_DEVICES=1) and PyTorch with
@@ -76,7 +76,9 @@ print("RESULT", json.dumps(out))
 
 def layers(model: str, kernel: int) -> list[tuple[int, int, int, int, int, str]]:
     """(input side, input channels, kernel, output channels, stride, padding) of each
-    conv of configs/kernel_cnn.py:K, or of strided_cnn on 28x28 inputs."""
+    conv of configs/kernel_cnn.py:K, or of strided_cnn or the default cnn on 28x28."""
+    if model == "cnn":  # configs/default.py's
+        return [(28, 1, 3, 32, 1, "SAME"), (14, 32, 3, 64, 1, "SAME")]
     if model == "strided_cnn":
         return [(28, 1, 3, 32, 1, "VALID"), (26, 32, 3, 32, 1, "VALID"),
                 (24, 32, 5, 32, 2, "SAME"), (12, 32, 3, 64, 1, "VALID"),
@@ -103,7 +105,7 @@ def run(worker: str, spec: list, batch: int) -> list[list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="kernel_cnn", choices=("kernel_cnn", "strided_cnn"))
+    ap.add_argument("--model", default="kernel_cnn", choices=("kernel_cnn", "strided_cnn", "cnn"))
     ap.add_argument("--kernel", type=int, default=5, choices=(3, 5, 7))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
