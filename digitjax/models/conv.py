@@ -124,9 +124,14 @@ def _strided_conv_fwd(x: jax.Array, w: jax.Array, s: int, pads):
 def _strided_conv_bwd(s: int, pads, res, g: jax.Array):
     x, w = res
     _, input_vjp = jax.vjp(lambda x: _s2d_conv(x, w, s, pads), x)
+    return input_vjp(g)[0], _weight_grad(x, w, g, (s, s), pads)
+
+
+def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, strides, pads) -> jax.Array:
+    """lax's own weight gradient of an NHWC/HWIO convolution (both custom VJPs keep it)."""
     _, weight_vjp = jax.vjp(lambda w: lax.conv_general_dilated(
-        x, w, (s, s), pads, dimension_numbers=NHWC), w)
-    return input_vjp(g)[0], weight_vjp(g)[0]
+        x, w, strides, pads, dimension_numbers=NHWC), w)
+    return weight_vjp(g)[0]
 
 
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
@@ -189,20 +194,17 @@ def _valid_conv_fwd(x: jax.Array, w: jax.Array):
 
 def _valid_conv_bwd(res, g: jax.Array):
     x, w = res
-    _, weight_vjp = jax.vjp(lambda w: lax.conv_general_dilated(
-        x, w, (1, 1), "VALID", dimension_numbers=NHWC), w)
-    return _row_split_input_grad(g, w).astype(x.dtype), weight_vjp(g)[0]
+    return (_row_split_input_grad(g, w).astype(x.dtype),
+            _weight_grad(x, w, g, (1, 1), "VALID"))
 
 
 _valid_conv.defvjp(_valid_conv_fwd, _valid_conv_bwd)
 
 
 def padded_valid_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
-    """A stride-1 NHWC/HWIO convolution whose input gradient is `_row_split_input_grad`
-    (the padding is applied first; its own gradient crops)."""
-    kh, kw = rhs.shape[:2]
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
+    """A stride-1 NHWC/HWIO convolution, `padding` as (low, high) pairs for H and W,
+    whose input gradient is `_row_split_input_grad` (the padding is applied first; its
+    own gradient crops)."""
     x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
                 ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
     return _valid_conv(x, rhs)
