@@ -96,3 +96,23 @@ def test_shear_and_elastic_leave_the_other_draws_as_they_were():
     offset = jax.random.uniform(k_shift, (4, 2), minval=-0.1, maxval=0.1) * 8
     out = augment.random_augment(x, key, rotation_deg=15.0, zoom=0.1, shift=0.1)
     np.testing.assert_allclose(out, augment.affine(x, angle, scale, offset), atol=1e-6)
+
+
+def test_bilinear_sample_is_four_masked_taps_anywhere():
+    """The window gather against the textbook form, pixel by pixel: inside, on the edges,
+    and far outside (zero fill), with three channels."""
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 5, 6, 3)).astype(np.float32)
+    y = rng.uniform(-9, 14, (2, 4, 7)).astype(np.float32)
+    x = rng.uniform(-9, 15, (2, 4, 7)).astype(np.float32)
+    y[0, 0, :3], x[0, 0, :3] = [0.0, 4.0, 4.5], [0.0, 5.0, -0.5]  # corners, half outside
+    expected = np.zeros((2, 4, 7, 3), np.float32)
+    for b, i, j in np.ndindex(2, 4, 7):
+        for yy in (np.floor(y[b, i, j]), np.floor(y[b, i, j]) + 1):
+            for xx in (np.floor(x[b, i, j]), np.floor(x[b, i, j]) + 1):
+                if 0 <= yy < 5 and 0 <= xx < 6:
+                    weight = (1 - abs(y[b, i, j] - yy)) * (1 - abs(x[b, i, j] - xx))
+                    expected[b, i, j] += weight * images[b, int(yy), int(xx)]
+    out = augment.bilinear_sample(jnp.asarray(images), jnp.asarray(y), jnp.asarray(x))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.all(np.asarray(out)[(y < -1) | (y > 5) | (x < -1) | (x > 6)] == 0)
