@@ -109,7 +109,9 @@ def bilinear_sample(images: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
     a tap outside the image reads a zero and needs no mask. Four gathers of single
     pixels, each recomputing the coordinates, took ~1.3 ms apiece in `configs/quick.py`'s
     step (`experiments/profile_step.py`); the sampling alone, 128 x 28 x 28: 1.14 ->
-    0.68 ms. The same weights in the same order: the same bits as four gathers.
+    0.68 ms. The same weights in the same order: compiled alone, the same bits as four
+    gathers; inside the training step XLA fuses it otherwise, so runs differ from older
+    ones in the last bits (same code and seed: same numbers).
     """
     b, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
