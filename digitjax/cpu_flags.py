@@ -17,7 +17,9 @@ devices_*.md): cnn 1.44x, kernel_cnn:3 1.08x, kernel_cnn:7 1.10x, strided_cnn an
 kernel_cnn:5 1.00x, inception_cnn 0.94x. More than 2 was not measured, so it is not
 chosen; DIGITJAX_CPU_DEVICES=N sets another count (1: one device, as jax's default).
 A computation not placed on the mesh (e.g. a plain `jax.jit` of `train_step` on
-uncommitted arrays) runs on device 0 as before.
+uncommitted arrays) runs on device 0 as before. A step with a collective across the two
+devices must not be queued more than ~30 deep without a read-back: jax 0.10.2's CPU
+client then aborts the process (`experiments/deep_queue.py`; `loop.FETCH_EVERY`).
 
 An unknown flag in XLA_FLAGS aborts every computation, on every backend, so the flag
 is added only where it cannot hurt:

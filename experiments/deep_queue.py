@@ -1,54 +1,69 @@
-"""Intermittent abort noticed on the 2-device CPU split (jax/jaxlib 0.10.2): many training
-steps dispatched without reading anything back can end in XLA:CPU's collective rendezvous
-("waiting for `all gather RendezvousKey{...}` ... Termination timeout of 40 seconds
-exceeded"), which kills the process. Seen twice in ad-hoc versions of this script (after
-1+2+5+20+100 queued steps, and after 5+100); not with 20, 30, 40, 60, 80 or a lone 100,
-and not in this script's first 2 tries (2026-12-01): intermittent. digitjax's loop
-reads its metrics back every `loop.FETCH_EVERY` = 20 steps and has not hit it; a user's own
-loop over `train_step` on the split might. Not root-caused (XLA issue material).
+"""Reproduces an abort of jax's CPU client (jax/jaxlib 0.10.2): on 2 XLA CPU devices, a
+data-parallel step (its gradient averaged over the devices: one all-reduce) dispatched
+more than ~35 times without anything read back ends in XLA:CPU's collective rendezvous,
+"waiting for `all reduce RendezvousKey{...}` ... Termination timeout of 40 seconds
+exceeded", and the process is killed (SIGABRT). Pure jax, no digitjax (whose import adds
+XLA flags): the bug is jax's. Each queue depth runs in a fresh process.
 
-    python experiments/deep_queue.py [--queued 1,2,5,20,100] [--tries 3]
+    python experiments/deep_queue.py [--depths 20,30,35,36,40,100] [--tries 100]
+
+Measured on the project's 2-core CPU (2026-12-01, 2 devices via `jax_num_cpu_devices`):
+depths 2-35 ran 100 tries each with no abort; 36, 40, 50, 100, 200, 2000 aborted in their
+first try; digitjax's own training step (models `seed_cnn`, `cnn`) the same way. It
+matches the CPU client's limit of 32 computations in flight per device (its admission
+semaphore), past which dispatch blocks while the devices' queued collectives wait on
+each other. digitjax's loop reads its metrics back every `loop.FETCH_EVERY` = 20 steps,
+and evaluation and prediction read back every batch, so at most ~20 steps are ever in
+flight; a loop of your own over `train_step` on the CPU split must also read something
+back (e.g. the loss) at least every ~30 steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import subprocess
+import sys
 
+WORKER = r'''
+import sys
 import jax
-from common import DATA
+jax.config.update("jax_num_cpu_devices", 2)
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from digitjax import loop, parallel, train
-from digitjax.configs import default
-from digitjax.data import load_train
-from digitjax.data.sampling import epoch_batches, train_val_rows
+depth, tries = int(sys.argv[1]), int(sys.argv[2])
+mesh = Mesh(np.array(jax.devices()), ("data",))
+w = jax.device_put(jnp.zeros((784, 64)), NamedSharding(mesh, P()))
+x = jax.device_put(jnp.ones((128, 784)), NamedSharding(mesh, P("data")))
+step = jax.jit(lambda w, x: w - 0.1 * jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w) ** 2))(w))
+for _ in range(tries):
+    for _ in range(depth):  # nothing read back until the end
+        w = step(w, x)
+    jax.block_until_ready(w)
+print("OK")
+'''
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--queued", default="1,2,5,20,100")
-    ap.add_argument("--tries", type=int, default=3)
+    ap.add_argument("--depths", default="20,30,35,36,40,100")
+    ap.add_argument("--tries", type=int, default=100)
     a = ap.parse_args()
-    config = default.get_config()
-    config.data_dir = str(DATA / "digit-recognizer")
-    data = load_train(config, None)
-    train_idx, _ = train_val_rows(data.labels, config)
-    mesh = parallel.data_mesh(config)
-    state = parallel.init_state(lambda: train.create_train_state(
-        config, jax.random.key(0), data.image_shape, 10, 100), mesh)
-    step = loop.make_train_fn(config, None, jax.tree.map(lambda x: x.sharding, state))
-    batches = epoch_batches(train_idx, config.batch_size, config.seed, 1)
-    print(f"{mesh.size} devices", flush=True)
-    for t in range(a.tries):
-        for n in map(int, a.queued.split(",")):
-            start = time.perf_counter()
-            for i in range(n):  # nothing read back until the end
-                idx = batches[i % len(batches)]
-                state, _ = step(state, parallel.global_array(data.images[idx], mesh),
-                                parallel.global_array(data.labels[idx], mesh))
-            jax.block_until_ready(state)
-            print(f"try {t + 1}: {n} steps queued, {time.perf_counter() - start:.1f} s",
-                  flush=True)
+    import jax
+
+    print(f"jax {jax.__version__}; each depth in a fresh process, {a.tries} tries")
+    for depth in map(int, a.depths.split(",")):
+        try:
+            proc = subprocess.run([sys.executable, "-c", WORKER, str(depth), str(a.tries)],
+                                  capture_output=True, text=True, timeout=180)
+            aborted = "Termination timeout" in proc.stderr
+            result = ("ok" if proc.returncode == 0 and "OK" in proc.stdout else
+                      f"aborted (exit {proc.returncode}): rendezvous termination timeout"
+                      if aborted else f"failed (exit {proc.returncode})")
+        except subprocess.TimeoutExpired:
+            result = "hung past 180 s"
+        print(f"{depth:5d} steps queued: {result}", flush=True)
 
 
 if __name__ == "__main__":
