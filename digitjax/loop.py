@@ -44,7 +44,10 @@ from digitjax.train import (
     train_step,
 )
 
-FETCH_EVERY = 20  # steps between metric fetches (NaN checks and progress updates)
+# Steps between metric fetches (NaN checks and progress updates), and so the most steps
+# in flight. Keep it under ~30: on the CPU split into 2 devices (cpu_flags.py) jax
+# 0.10.2's CPU client aborts with more than ~35 queued steps (experiments/deep_queue.py).
+FETCH_EVERY = 20
 
 
 def augment_base_key(seed: int) -> jax.Array:
@@ -226,15 +229,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
 
 def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, norm, mesh,
             state, ckpts: Checkpoints) -> dict:
-    at, best = Position(), -1.0
-    restored = ckpts.restore_latest(state)
-    if restored is not None:
-        state, meta = restored
-        at = Position(meta["epoch"], meta.get("batch", 0),
-                      meta.get("sums", {"loss": 0.0, "accuracy": 0.0}))
-        best = meta["best_val_accuracy"]
-        console.log(f"resumed from {ckpts.directory / str(meta['step'])} at epoch {at.epoch}"
-                    + (f", batch {at.batch}" if at.batch else ""))
+    state, at, best = _resume(ckpts, state)
     if parallel.is_writer():
         files.write_json(workdir / "config.json", json.loads(config.to_json()))
         files.write_json(workdir / "classes.json", data.class_names)
@@ -278,12 +273,7 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
                 raise _stopped(ckpts, signum, f"step {int(jax.device_get(state.step))} "
                                f"(epoch {at.epoch + 1}, batch {at.batch} of {len(batches)})")
             seconds = time.perf_counter() - start
-            step = int(jax.device_get(state.step))
-            record = {"epoch": at.epoch, "step": step,
-                      "train_loss": at.sums["loss"] / len(batches),
-                      "train_accuracy": at.sums["accuracy"] / len(batches),
-                      "seconds": seconds, "images_per_second": batches.size / seconds,
-                      "learning_rate": writer.learning_rate(step)}
+            record = _epoch_record(state, at, batches, seconds, writer)
             at = Position(at.epoch)
             if len(val_idx):
                 val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
@@ -309,6 +299,29 @@ def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, n
     if at.epoch == start_epoch >= config.num_epochs:
         console.log(f"{workdir}: already trained for {at.epoch} epochs (nothing retrained)")
     return history[-1] if history else {"epoch": at.epoch}
+
+
+def _resume(ckpts: Checkpoints, state: TrainState) -> tuple[TrainState, Position, float]:
+    """The latest checkpoint's state, position and best score; a fresh run's without one."""
+    restored = ckpts.restore_latest(state)
+    if restored is None:
+        return state, Position(), -1.0
+    state, meta = restored
+    at = Position(meta["epoch"], meta.get("batch", 0),
+                  meta.get("sums", {"loss": 0.0, "accuracy": 0.0}))
+    console.log(f"resumed from {ckpts.directory / str(meta['step'])} at epoch {at.epoch}"
+                + (f", batch {at.batch}" if at.batch else ""))
+    return state, at, meta["best_val_accuracy"]
+
+
+def _epoch_record(state: TrainState, at: Position, batches: np.ndarray, seconds: float,
+                  writer: MetricsWriter) -> dict:
+    """metrics.jsonl's line for the epoch just finished at `at` (before validation)."""
+    step = int(jax.device_get(state.step))
+    return {"epoch": at.epoch, "step": step, "train_loss": at.sums["loss"] / len(batches),
+            "train_accuracy": at.sums["accuracy"] / len(batches), "seconds": seconds,
+            "images_per_second": batches.size / seconds,
+            "learning_rate": writer.learning_rate(step)}
 
 
 def _stopped(ckpts: Checkpoints, signum: int, where: str) -> preemption.Stopped:
