@@ -26,6 +26,8 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
     "no row-split input gradients (models/conv.py)": (
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
+    "1x1 convolutions as lax's, not matmuls (models/conv.py)": (
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),

@@ -121,6 +121,29 @@ def test_row_split_conv_equals_lax_with_its_gradients(size, kernel, padding):
         assert jnp.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_pointwise_conv_is_a_matmul_equal_to_lax_with_its_gradients(padding):
+    x = jax.random.normal(jax.random.key(0), (3, 7, 5, 6))
+    w = jax.random.normal(jax.random.key(1), (1, 1, 6, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
+
+    def fast(x, w):
+        return cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)
+
+    jaxpr = str(jax.make_jaxpr(fast)(x, w))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+    y, pull = jax.vjp(reference, x, w)
+    y_fast, pull_fast = jax.vjp(fast, x, w)
+    assert y_fast.shape == y.shape
+    assert jnp.allclose(y_fast, y, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    for a, b in zip(pull(g), pull_fast(g), strict=True):
+        assert a.shape == b.shape and jnp.allclose(a, b, atol=1e-4)
+
+
 def test_each_cpu_trick_switches_off_alone(monkeypatch):
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
     w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
@@ -134,7 +157,11 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
             x, w, (2, 2), "SAME", dimension_numbers=dims))(x))
         return "name=_valid_conv" in plain, "name=_strided_conv" in strided
 
-    assert routes() == (True, True)
+    def pointwise() -> bool:
+        return "dot_general" in str(jax.make_jaxpr(lambda x: cpu_conv(
+            x, w[:1, :1], (1, 1), "SAME", dimension_numbers=dims))(x))
+
+    assert routes() == (True, True) and pointwise()
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: cpu_conv(
         x, w, (1, 1), "SAME", dimension_numbers=dims))(x))  # padded, 12x12 out: lax
     for value, expected in [("0", (False, False)), ("row_split", (True, False)),
@@ -142,9 +169,12 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
                             (" row_split , pool ", (True, False)), ("", (True, True))]:
         monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", value)
         assert routes() == expected, value
+        assert pointwise() == (value.strip() in ("", "1")), value
+    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "pointwise")
+    assert routes() == (False, False) and pointwise()
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
     with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
-                       "1, 0 or names from space_to_depth, row_split, pool"):
+                       "1, 0 or names from space_to_depth, row_split, pool, pointwise"):
         routes()
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from digitjax.models.conv import cpu_conv
 from digitjax.models.layers import batch_norm, classifier
 from digitjax.models.pool import max_pool
 
@@ -32,7 +33,8 @@ class InceptionCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(x, f, k):
-            x = nn.Conv(f, (k, k), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+            x = nn.Conv(f, (k, k), padding="SAME", use_bias=False, dtype=self.dtype,
+                        conv_general_dilated=cpu_conv)(x)
             return nn.relu(batch_norm(train, dtype=self.dtype)(x))
 
         x = conv(x, self.features[0] // 2, 3)
