@@ -1,5 +1,5 @@
 """A first submission in about a minute on a 2-core CPU, compile and prediction
-included (53 s cold on one such machine, 77-94 s on a slower, noisier one): a narrow version of
+included (53 s cold on one such machine, 77-95 s on a slower, noisier one): a narrow version of
 the default CNN (3x fewer FLOPs per image, 5,000-7,000 training images/s there) for 7
 short epochs with a one-cycle schedule and light augmentation.
 `python experiments/quick_timing.py` measures it."""
