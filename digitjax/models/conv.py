@@ -48,9 +48,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    `python experiments/xla_options.py --model inception_cnn --only ...`, 3 and 5
    rounds, experiments/results/pointwise_inception_cnn.md).
 
-The first two rewrites are custom VJPs: reverse mode only (`jax.grad`, `jax.vjp`); forward-mode
-derivatives (`jax.jvp`, `jax.jacfwd`) of a model using them need
-DIGITJAX_CPU_CONV_TRICKS=0 (or `pool` alone).
+The first two rewrites, and models/pool.py's stride-1 max pool, are custom VJPs: reverse
+mode only (`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a
+model using them need DIGITJAX_CPU_CONV_TRICKS=0 (or `pointwise` alone).
 """
 
 from __future__ import annotations
