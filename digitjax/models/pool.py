@@ -25,9 +25,8 @@ backends, and `DIGITJAX_CPU_CONV_TRICKS=0` (or a list without `pool`) get `nn.ma
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from functools import partial
+from functools import partial, reduce
 
 import flax.linen as nn
 import jax
@@ -43,15 +42,18 @@ def _shifts(x: jax.Array, pads: tuple[tuple[int, int], ...], value: float, kh: i
     return [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
 
 
+def _same_pads(window: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) padding of H and W for a stride-1 SAME window (lax's split)."""
+    return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in window)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _same_max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
     # the maximum over the window's rows, then over its columns: kh + kw shifted slices
     # that XLA fuses, where reduce-window visits all kh * kw inputs of every output
-    (kh, kw), (top, left) = window, ((window[0] - 1) // 2, (window[1] - 1) // 2)
-    rows = functools.reduce(jnp.maximum, _shifts(x, ((top, kh - 1 - top), (0, 0)), -jnp.inf,
-                                                 kh, 1))
-    return functools.reduce(jnp.maximum, _shifts(rows, ((0, 0), (left, kw - 1 - left)),
-                                                 -jnp.inf, 1, kw))
+    (kh, kw), (rows_pad, cols_pad) = window, _same_pads(window)
+    rows = reduce(jnp.maximum, _shifts(x, (rows_pad, (0, 0)), -jnp.inf, kh, 1))
+    return reduce(jnp.maximum, _shifts(rows, ((0, 0), cols_pad), -jnp.inf, 1, kw))
 
 
 def _same_max_pool_fwd(x: jax.Array, window: tuple[int, int]):
@@ -61,16 +63,15 @@ def _same_max_pool_fwd(x: jax.Array, window: tuple[int, int]):
 
 def _same_max_pool_bwd(window: tuple[int, int], res, g: jax.Array):
     x, y = res
-    (kh, kw), lo = window, ((window[0] - 1) // 2, (window[1] - 1) // 2)
-    hi = (kh - 1 - lo[0], kw - 1 - lo[1])
+    (kh, kw), pads = window, _same_pads(window)
     # the inputs in output q's window that equal its maximum share its gradient
-    ties = sum((xs == y).astype(g.dtype)
-               for xs in _shifts(x, ((lo[0], hi[0]), (lo[1], hi[1])), -jnp.inf, kh, kw))
+    ties = sum((xs == y).astype(g.dtype) for xs in _shifts(x, pads, -jnp.inf, kh, kw))
     share = g / ties
-    # input p lies in the windows of outputs p - hi .. p + lo
-    pads = ((hi[0], lo[0]), (hi[1], lo[1]))
+    # input p lies in the windows of outputs p - after .. p + before
+    flipped = tuple((after, before) for before, after in pads)
     return (sum(jnp.where(x == ys, gs, 0.0) for ys, gs in zip(
-        _shifts(y, pads, jnp.inf, kh, kw), _shifts(share, pads, 0.0, kh, kw), strict=True)),)
+        _shifts(y, flipped, jnp.inf, kh, kw), _shifts(share, flipped, 0.0, kh, kw),
+        strict=True)),)
 
 
 _same_max_pool.defvjp(_same_max_pool_fwd, _same_max_pool_bwd)
