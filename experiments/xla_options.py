@@ -25,7 +25,7 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "no conv/pool rewrites (models/conv.py, pool.py)": (
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
     "no row-split input gradients (models/conv.py)": (
-        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool,pointwise"}}),
     "1x1 convolutions as lax's, not matmuls (models/conv.py)": (
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
     "batch 256": ("", {"batch_size": 256}),
