@@ -25,9 +25,11 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "no conv/pool rewrites (models/conv.py, pool.py)": (
         "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "0"}}),
     "no row-split input gradients (models/conv.py)": (
-        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool,pointwise"}}),
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool,pointwise,taps"}}),
     "1x1 convolutions as lax's, not matmuls (models/conv.py)": (
-        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,pool"}}),
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,row_split,pool,taps"}}),
+    "few-channel convolutions as lax's, not tap sums (models/conv.py)": (
+        "", {"env": {"DIGITJAX_CPU_CONV_TRICKS": "space_to_depth,row_split,pool,pointwise"}}),
     "batch 256": ("", {"batch_size": 256}),
     "fast math": ("--xla_cpu_enable_fast_math=true", {}),
     "oneDNN": ("--xla_cpu_use_onednn=true", {}),

@@ -172,7 +172,7 @@ def test_bad_conv_tricks_env_fails_before_anything_is_written(tmp_path):
     proc = run_main("--config", "configs/default.py", f"--workdir={tmp_path / 'run'}",
                     env={"DIGITJAX_CPU_CONV_TRICKS": "row_split,fast"})
     assert_clean_failure(proc, "DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected 1, 0 or "
-                         "names from space_to_depth, row_split, pool, pointwise")
+                         "names from space_to_depth, row_split, pool, pointwise, taps")
     assert not (tmp_path / "run").exists()
 
 

@@ -144,10 +144,41 @@ def test_pointwise_conv_is_a_matmul_equal_to_lax_with_its_gradients(padding):
         assert a.shape == b.shape and jnp.allclose(a, b, atol=1e-4)
 
 
-def test_each_cpu_trick_switches_off_alone(monkeypatch):
-    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+@pytest.mark.parametrize("channels,kernel,padding", [
+    (1, 3, "SAME"), (1, 5, "VALID"), (3, 3, "SAME"), (4, (2, 3), ((0, 2), (1, 0))),
+])
+def test_tap_sum_conv_equals_lax_with_its_gradients(channels, kernel, padding):
+    """A stride-1 convolution of a few-channel input sums shifted slices (no
+    convolution in its forward pass); value and both gradients equal lax's."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, channels))
+    w = jax.random.normal(jax.random.key(1), (kh, kw, channels, 5))
     dims = ("NHWC", "HWIO", "NHWC")
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
+
+    def fast(x, w):
+        return cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)
+
+    assert "name=tap_sum_conv" in str(jax.make_jaxpr(fast)(x, w))
+    y, pull = jax.vjp(reference, x, w)
+    y_fast, pull_fast = jax.vjp(fast, x, w)
+    assert y_fast.shape == y.shape and y_fast.dtype == y.dtype
+    assert jnp.allclose(y_fast, y, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    for a, b in zip(pull(g), pull_fast(g), strict=True):
+        assert a.shape == b.shape and jnp.allclose(a, b, atol=1e-4)
+
+
+def test_each_cpu_trick_switches_off_alone(monkeypatch):
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 8))  # past TAPS_MAX_CHANNELS
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def taps() -> bool:
+        return "name=tap_sum_conv" in str(jax.make_jaxpr(lambda x: cpu_conv(
+            x, w[:, :, :1], (1, 1), "SAME", dimension_numbers=dims))(x[..., :1]))
 
     def routes() -> tuple[bool, bool]:
         """(stride-1 conv takes the row split, strided conv takes space-to-depth)"""
@@ -161,7 +192,7 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
         return "dot_general" in str(jax.make_jaxpr(lambda x: cpu_conv(
             x, w[:1, :1], (1, 1), "SAME", dimension_numbers=dims))(x))
 
-    assert routes() == (True, True) and pointwise()
+    assert routes() == (True, True) and pointwise() and taps()
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: cpu_conv(
         x, w, (1, 1), "SAME", dimension_numbers=dims))(x))  # padded, 12x12 out: lax
     for value, expected in [("0", (False, False)), ("row_split", (True, False)),
@@ -169,12 +200,14 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
                             (" row_split , pool ", (True, False)), ("", (True, True))]:
         monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", value)
         assert routes() == expected, value
-        assert pointwise() == (value.strip() in ("", "1")), value
+        assert pointwise() == taps() == (value.strip() in ("", "1")), value
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "pointwise")
-    assert routes() == (False, False) and pointwise()
+    assert routes() == (False, False) and pointwise() and not taps()
+    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "taps")
+    assert routes() == (False, False) and not pointwise() and taps()
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
     with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
-                       "1, 0 or names from space_to_depth, row_split, pool, pointwise"):
+                       "1, 0 or names from space_to_depth, row_split, pool, pointwise, taps"):
         routes()
 
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from digitjax.models.conv import cpu_conv
 from digitjax.models.layers import batch_norm, classifier
 from digitjax.models.pool import avg_pool
 
@@ -36,7 +37,8 @@ class CNN(nn.Module):
         for f in self.features:
             for _ in range(self.convs_per_stage):
                 k = (self.kernel_size, self.kernel_size)
-                x = nn.Conv(f, k, use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                x = nn.Conv(f, k, use_bias=not self.batch_norm, dtype=self.dtype,
+                            conv_general_dilated=cpu_conv)(x)
                 x = nn.relu(batch_norm(train, dtype=self.dtype)(x) if self.batch_norm else x)
             x = avg_pool(x, (2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -1,4 +1,4 @@
-"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Three tricks,
+"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Four tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
 picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
@@ -48,9 +48,22 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    `python experiments/xla_options.py --model inception_cnn --only ...`, 3 and 5
    rounds, experiments/results/pointwise_inception_cnn.md).
 
-The first two rewrites, and models/pool.py's stride-1 max pool, are custom VJPs: reverse
-mode only (`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a
-model using them need DIGITJAX_CPU_CONV_TRICKS=0 (or `pointwise` alone).
+4. `taps`: the forward pass of a stride-1 convolution of an input with at most
+   TAPS_MAX_CHANNELS channels (every network's first layer on digits or photos) as a
+   sum over the kernel's taps of shifted input slices times kernel rows
+   (`tap_sum_conv`): one fused elementwise loop over the output, where Eigen's
+   convolution contracts over only kh*kw*c values per output (one 128x28x28x1 ->
+   32-channel 3x3 layer: 5.3 -> 0.9 ms; 3 channels: 1.2-1.4x; a one-off
+   micro-benchmark). Gradients stay lax's. Whole step on and off, paired in one
+   process (`python experiments/paired_tricks.py --model M --a
+   space_to_depth,row_split,pool,pointwise --b 1`, experiments/results/paired_taps_*.md):
+   training 1.13x cnn, 1.08x strided_cnn, 1.00x inception_cnn, 0.99x kernel_cnn:5;
+   inference 1.36x, 1.10x, 1.19x, 1.05x (medians of 12 rounds). `seed_cnn` got slower
+   with it (0.75x, 0.44x) and keeps lax's convolution.
+
+All but `pointwise` (and models/pool.py's max pools) are custom VJPs: reverse mode only
+(`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a model
+using them need DIGITJAX_CPU_CONV_TRICKS=0 (or `pointwise` alone).
 """
 
 from __future__ import annotations
@@ -154,7 +167,7 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
 
 
-TRICKS = ("space_to_depth", "row_split", "pool", "pointwise")  # pool: models/pool.py
+TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps")  # pool: models/pool.py
 
 
 def enabled_tricks() -> tuple[str, ...]:
@@ -224,6 +237,40 @@ def pointwise_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     return (lhs.reshape(n * h * w, c) @ rhs.reshape(c, -1)).reshape(n, h, w, -1)
 
 
+TAPS_MAX_CHANNELS = 4  # input channels up to which `taps` takes a convolution
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tap_sum_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
+    """A stride-1 NHWC/HWIO convolution of an input with few channels (an image's 1 or
+    3) as a sum over the kernel's taps and input channels of shifted input slices
+    times a kernel row: one fused elementwise loop, vectorised over the output
+    channels, where Eigen's convolution contracts over only kh*kw*c. Gradients are
+    lax's (its weight gradient is the faster one here)."""
+    kh, kw, c, _ = rhs.shape
+    x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    x, w = x.astype(jnp.float32), rhs.astype(jnp.float32)
+    out = sum(x[:, i:i + oh, j:j + ow, k:k + 1] * w[i, j, k]
+              for i in range(kh) for j in range(kw) for k in range(c))
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
+def _tap_sum_fwd(lhs, rhs, padding):
+    return tap_sum_conv(lhs, rhs, padding), (lhs, rhs)
+
+
+def _tap_sum_bwd(padding, res, g):
+    lhs, rhs = res
+    _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), padding, dimension_numbers=NHWC), lhs, rhs)
+    return vjp(g)
+
+
+tap_sum_conv.defvjp(_tap_sum_fwd, _tap_sum_bwd)
+
+
 def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding,
              lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count: int = 1, precision=None) -> jax.Array:
@@ -242,6 +289,8 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
             return pointwise_conv(lhs, rhs)
         pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
                 if isinstance(padding, str) else padding)
+        if rhs.shape[2] <= TAPS_MAX_CHANNELS and precision is None and tricks_on("taps"):
+            return tap_sum_conv(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in pads))
         out_h, out_w = (lhs.shape[i + 1] + sum(pads[i]) - k + 1 for i, k in enumerate((kh, kw)))
         # the row split where it was measured faster: unpadded, or an output smaller
         # than the kernel; a padded conv's padding and gradient cost more (see the top)
