@@ -1,7 +1,8 @@
 """A first submission in about a minute on a 2-core CPU, compile and prediction
-included (53 s cold on one such machine, 77-95 s on a slower, noisier one): a narrow version of
-the default CNN (3x fewer FLOPs per image, 5,000-7,000 training images/s there) for 7
-short epochs with a one-cycle schedule and light augmentation.
+included (53 s cold on one such machine, 57.7-65.4 s and 77-96 s on slower, noisier
+ones): a narrow version of the default CNN (3x fewer FLOPs per image, 5,000-7,000
+training images/s there) for 7 short epochs with a one-cycle schedule and light
+augmentation.
 `python experiments/quick_timing.py` measures it."""
 
 import ml_collections
