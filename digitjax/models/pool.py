@@ -53,11 +53,13 @@ def _same_pads(window: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int
 
 
 def _first_max_index(taps: list[jax.Array]) -> jax.Array:
-    """Per element, the index of the first of `taps` holding their maximum (int8)."""
-    best, index = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    """Per element, the index of the first of `taps` holding their maximum (int8 for
+    windows of up to 127 inputs)."""
+    dtype = jnp.int8 if len(taps) <= 127 else jnp.int32
+    best, index = taps[0], jnp.zeros(taps[0].shape, dtype)
     for t, tap in enumerate(taps[1:], 1):
         larger = tap > best
-        best, index = jnp.where(larger, tap, best), jnp.where(larger, jnp.int8(t), index)
+        best, index = jnp.where(larger, tap, best), jnp.where(larger, dtype(t), index)
     return index
 
 
