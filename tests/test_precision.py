@@ -34,17 +34,21 @@ def equations(jaxpr):
 
 def dtypes_of(jaxpr, primitive: str) -> list[tuple]:
     """(input dtypes..., output dtype) of each `primitive` equation."""
-    return [(*(v.aval.dtype for v in e.invars), e.outvars[0].aval.dtype)
-            for e in equations(jaxpr) if e.primitive.name == primitive]
+    return signatures(jaxpr, lambda e: e.primitive.name == primitive)
 
 
 def convolutions(jaxpr) -> list[tuple]:
     """(input, kernel, output) dtypes of each convolution: lax's, and the CPU trick that
     sums a few-channel input's shifted slices instead (`tap_sum_conv`)."""
+    return signatures(jaxpr, lambda e: e.primitive.name == "conv_general_dilated" or (
+        e.primitive.name == "custom_vjp_call"
+        and str(e).split("\n")[1].strip() == "name=tap_sum_conv"))
+
+
+def signatures(jaxpr, chosen) -> list[tuple]:
+    """(input dtypes..., output dtype) of each equation `chosen` picks."""
     return [(*(v.aval.dtype for v in e.invars), e.outvars[0].aval.dtype)
-            for e in equations(jaxpr) if e.primitive.name == "conv_general_dilated"
-            or (e.primitive.name == "custom_vjp_call"
-                and str(e).split("\n")[1].strip() == "name=tap_sum_conv")]
+            for e in equations(jaxpr) if chosen(e)]
 
 
 def float_leaves(tree) -> set:

@@ -104,9 +104,7 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,
                                         precision=precision)
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    pads = _explicit_pads(lhs, rhs, strides, padding)
     if precision is not None:
         return _s2d_conv(lhs, rhs, strides[0], pads, precision)
     return _strided_conv(lhs, rhs, strides[0], pads)
@@ -156,6 +154,13 @@ def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, strides, pads) -> jax
 
 
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def _explicit_pads(lhs: jax.Array, rhs: jax.Array, strides, padding) -> tuple:
+    """An NHWC/HWIO convolution's padding as static (low, high) pairs for H and W."""
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -287,10 +292,9 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
         kh, kw = rhs.shape[:2]
         if kh == kw == 1 and precision is None and tricks_on("pointwise"):
             return pointwise_conv(lhs, rhs)
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
-                if isinstance(padding, str) else padding)
+        pads = _explicit_pads(lhs, rhs, (1, 1), padding)
         if rhs.shape[2] <= TAPS_MAX_CHANNELS and precision is None and tricks_on("taps"):
-            return tap_sum_conv(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in pads))
+            return tap_sum_conv(lhs, rhs, pads)
         out_h, out_w = (lhs.shape[i + 1] + sum(pads[i]) - k + 1 for i, k in enumerate((kh, kw)))
         # the row split where it was measured faster: unpadded, or an output smaller
         # than the kernel; a padded conv's padding and gradient cost more (see the top)

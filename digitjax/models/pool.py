@@ -20,12 +20,12 @@ with the saved maximum (JAX's rule for `max`, and this module's before) divides 
 count of inputs equal to it, and in `configs/inception_cnn.py`'s compiled step some
 windows had none (XLA recomputes the pool's input, batch norm + ReLU branches
 concatenated, inside the gradient's fusions): 0/0, NaN parameters after the first step
-(tests/test_cpu_tricks.py). Measured on the forward +
-gradient of one 128x28x28x16 pool (the equality form): 3x3
-stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load ~2, a one-off micro-benchmark);
-the whole `inception_cnn` step is 1.61x faster (experiments/results/
-rewrites_inception_cnn.md, `python experiments/xla_options.py`). Other windows, other
-backends, and `DIGITJAX_CPU_CONV_TRICKS=0` (or a list without `pool`) get `nn.max_pool`.
+(tests/test_cpu_tricks.py). Measured on the forward + gradient of one 128x28x28x16
+pool (the equality form): 3x3 stride 1 162 -> 46 ms, 2x2 stride 2 35 -> 3-5 ms (load
+~2, a one-off micro-benchmark); the whole `inception_cnn` step is 1.61x faster
+(experiments/results/rewrites_inception_cnn.md, `python experiments/xla_options.py`).
+Other windows, other backends, and `DIGITJAX_CPU_CONV_TRICKS=0` (or a list without
+`pool`) get `nn.max_pool`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
              padding: str = "VALID") -> jax.Array:
     """`nn.max_pool(x, window, strides, padding)` for NHWC `x`."""
     (wh, ww), (sh, sw) = tuple(window), tuple(strides)
-    n, h, w, c = x.shape
+    h, w = x.shape[1:3]
     if tricks_on("pool") and (wh, ww) == (sh, sw) and padding == "VALID" and not (h % wh or w % ww):
         return _block_max_pool(x, (wh, ww))
     if tricks_on("pool") and (sh, sw) == (1, 1) and padding == "SAME":
