@@ -73,9 +73,11 @@ def worker_digitjax(model: str) -> dict:
     from digitjax import loop, parallel, train
 
     config = step_config(model, BATCH)
+    parallel.set_cpu_devices(config.cpu_devices)  # the shipped config's, as `main` applies it
     # placed as the loop places them: state replicated, batch split over the data mesh
-    # (all CPU devices; 2 on a 2-core CPU, see digitjax/cpu_flags.py)
-    mesh = parallel.data_mesh()
+    # (all CPU devices: 2 on a 2-core CPU, see digitjax/cpu_flags.py, unless the config
+    # sets one, as configs/best.py and its ensemble members do)
+    mesh = parallel.data_mesh(config)
     state = jax.device_put(
         train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100),
         parallel.replicated(mesh))
@@ -95,7 +97,7 @@ def worker_digitjax(model: str) -> dict:
     _, infer_rate = timed(lambda: jax.block_until_ready(predict(holder["state"], xd)), BATCH)
     return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate,
             # cost analysis of a program split over the mesh counts one device's share
-            "train_flops_per_image": flops * mesh.size / BATCH}
+            "train_flops_per_image": flops * mesh.size / BATCH, "devices": mesh.size}
 
 
 def worker_torch(model: str) -> dict:
@@ -412,7 +414,9 @@ def main() -> None:
             frac = ""
             if "train_flops_per_image" in ours:  # same network: same FLOPs per image
                 frac = f"{100 * ours['train_flops_per_image'] * m['train_ips'] / 1e9 / peak:.0f}%"
-            lines.append(f"| {model} | {f} | {m['train_ips']:.0f} | {m['infer_ips']:.0f} | "
+            who = f"digitjax ({m['devices']:.0f} XLA device{'s' * (m['devices'] > 1)})" if (
+                f == "digitjax" and "devices" in m) else f
+            lines.append(f"| {model} | {who} | {m['train_ips']:.0f} | {m['infer_ips']:.0f} | "
                          f"{m['compile_s']:.2f} | {m['peak_rss_mb']:.0f} | {ratio_t} | "
                          f"{ratio_i} | {frac} |")
         lines.append(f"| {model} | (XLA cost analysis) | "

@@ -14,26 +14,30 @@ DATA = REPO.parent / "shared" / "data"
 
 
 def step_config(model: str, batch_size: int = 128):
-    """The config the speed scripts time `model` under: "seed", "flax_example" (the
-    Flax MNIST example: the default CNN without batch norm or dropout), "kernel_cnn:K"
-    and "inception_cnn" (the ensemble members' configs) or a name in
-    digitjax.models.MODELS; augmentation off, so only the network is timed."""
-    from digitjax.configs import default, seed
+    """The config the speed scripts time `model` under: its shipped config ("seed":
+    configs/seed.py, "strided_cnn": configs/best.py, "kernel_cnn:K" and
+    "inception_cnn": the ensemble members' configs, "flax_example": the Flax MNIST
+    example, i.e. the default CNN without batch norm or dropout, any other name in
+    digitjax.models.MODELS: configs/default.py with that model), at `batch_size`, with
+    augmentation off so only the network is timed. Its `cpu_devices` is the shipped
+    one; benchmark.py applies it (`parallel.set_cpu_devices`) as `main` does, the other
+    scripts time the split they are started with."""
+    from digitjax.configs import best, default, inception_cnn, kernel_cnn, seed
 
-    config = seed.get_config() if model == "seed" else default.get_config()
-    if model == "flax_example":
-        config.cnn.batch_norm, config.cnn.dropout = False, 0.0
-    elif model.startswith("kernel_cnn:"):  # configs/kernel_cnn.py:K's network
-        from digitjax.configs import kernel_cnn
-
-        member = kernel_cnn.get_config(model.split(":")[1])
-        config.model, config.kernel_cnn = member.model, member.kernel_cnn
-    elif model == "inception_cnn":  # configs/inception_cnn.py's network
-        from digitjax.configs import inception_cnn
-
-        config.model, config.inception_cnn = model, inception_cnn.get_config().inception_cnn
-    elif model != "seed":
-        config.model = model
+    if model == "seed":
+        config = seed.get_config()
+    elif model == "strided_cnn":
+        config = best.get_config()
+    elif model.startswith("kernel_cnn:"):
+        config = kernel_cnn.get_config(model.split(":")[1])
+    elif model == "inception_cnn":
+        config = inception_cnn.get_config()
+    else:
+        config = default.get_config()
+        if model == "flax_example":
+            config.cnn.batch_norm, config.cnn.dropout = False, 0.0
+        else:
+            config.model = model
     config.batch_size = batch_size
     config.augment.rotation_deg = config.augment.zoom = config.augment.shift = 0.0
     return config

@@ -3,6 +3,11 @@ the training step (as the loop runs it: batch 128 split over the data mesh) and
 inference, each compiled under both settings, then timed in alternating rounds.
 
     python experiments/paired_tricks.py --model inception_cnn --a 0 --b 1 [--rounds 15]
+    python experiments/paired_tricks.py --model strided_cnn --a 1 --b 1 --b-devices 1
+
+With --b-devices N, B runs on the first N of the process's XLA devices (its state
+and batch placed on a mesh of those), A on all of them (digitjax's 2-device split of
+a 2-core CPU): the split against one device using every core, paired the same way.
 
 A fresh process per setting (`xla_options.py`) sees the machine's drift between
 processes; here each round times A then B back to back, and the ratio is taken per
@@ -21,6 +26,7 @@ import time
 import jax
 import numpy as np
 from common import step_config, write_results
+from jax.sharding import Mesh
 
 from digitjax import loop, parallel, train
 
@@ -56,29 +62,36 @@ def main() -> None:
     ap.add_argument("--a", default="0", help="DIGITJAX_CPU_CONV_TRICKS of the baseline")
     ap.add_argument("--b", default="1", help="DIGITJAX_CPU_CONV_TRICKS compared with it")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--b-devices", type=int, default=0,
+                    help="B on the first N XLA devices (0: all, as A)")
     ap.add_argument("--out", default="", help="results file name (default paired_<model>)")
     a = ap.parse_args()
     config, mesh = step_config(a.model), parallel.data_mesh()
+    mesh_b = Mesh(np.asarray(jax.devices()[:a.b_devices or None]), (parallel.DATA_AXIS,))
     rng = np.random.default_rng(0)
-    xs = parallel.global_array(rng.integers(0, 256, (128, 28, 28, 1), np.uint8), mesh)
-    ys = parallel.global_array(rng.integers(0, 10, (128,)).astype(np.int32), mesh)
-    step_a, state_a, infer_a, loss_a = compiled(config, a.a, mesh, xs, ys)
-    step_b, state_b, infer_b, loss_b = compiled(config, a.b, mesh, xs, ys)
-    frozen = jax.tree.map(lambda v: v.copy(), state_a)  # the steps donate their state
-    out_a, out_b = np.asarray(infer_a(frozen, xs)), np.asarray(infer_b(frozen, xs))
-    states = {"a": state_a, "b": state_b}
+    images = rng.integers(0, 256, (128, 28, 28, 1), np.uint8)
+    labels = rng.integers(0, 10, (128,)).astype(np.int32)
+    batch = {m.size: (parallel.global_array(images, m), parallel.global_array(labels, m))
+             for m in (mesh, mesh_b)}
+    step_a, state_a, infer_a, loss_a = compiled(config, a.a, mesh, *batch[mesh.size])
+    step_b, state_b, infer_b, loss_b = compiled(config, a.b, mesh_b, *batch[mesh_b.size])
+    # the steps donate their state; inference reads a copy on each one's mesh
+    frozen = {k: jax.tree.map(lambda v: v.copy(), s) for k, s in (("a", state_a), ("b", state_b))}
+    out_a = np.asarray(infer_a(frozen["a"], batch[mesh.size][0]))
+    out_b = np.asarray(infer_b(frozen["b"], batch[mesh_b.size][0]))
+    states, size = {"a": state_a, "b": state_b}, {"a": mesh.size, "b": mesh_b.size}
 
     def steps(key, fn):
         def run(calls):
             for _ in range(calls):
-                states[key], metrics = fn(states[key], xs, ys)
+                states[key], metrics = fn(states[key], *batch[size[key]])
             return metrics
         return run
 
-    def infers(fn):
+    def infers(key, fn):
         def run(calls):
             for _ in range(calls):
-                out = fn(frozen, xs)
+                out = fn(frozen[key], batch[size[key]][0])
             return out
         return run
 
@@ -86,10 +99,11 @@ def main() -> None:
     for _ in range(a.rounds):
         times["train a"].append(per_call(steps("a", step_a), 8))
         times["train b"].append(per_call(steps("b", step_b), 8))
-        times["infer a"].append(per_call(infers(infer_a), 16))
-        times["infer b"].append(per_call(infers(infer_b), 16))
-    table = (f"A: DIGITJAX_CPU_CONV_TRICKS={a.a}; B: DIGITJAX_CPU_CONV_TRICKS={a.b}; "
-             f"{a.model}, batch 128 over {mesh.size} device(s), {a.rounds} rounds "
+        times["infer a"].append(per_call(infers("a", infer_a), 16))
+        times["infer b"].append(per_call(infers("b", infer_b), 16))
+    table = (f"A: DIGITJAX_CPU_CONV_TRICKS={a.a} on {mesh.size} XLA device(s); "
+             f"B: DIGITJAX_CPU_CONV_TRICKS={a.b} on {mesh_b.size}; "
+             f"{a.model}, batch 128, {a.rounds} rounds "
              f"(8 training steps, 16 inference calls each), load average "
              f"{os.getloadavg()[0]:.1f} at the end.\n\n"
              "| pass | A ms | B ms | A/B time (B's speed-up), median | quartiles |\n"
@@ -100,8 +114,10 @@ def main() -> None:
              f"difference {np.abs(out_a - out_b).max():.2e}; non-finite outputs "
              f"{int((~np.isfinite(out_a)).sum())} / {int((~np.isfinite(out_b)).sum())}.\n")
     command = (f"python experiments/paired_tricks.py --model {a.model} --a {a.a} --b {a.b} "
-               f"--rounds {a.rounds}")
-    write_results(a.out or f"paired_{a.model}", f"CPU tricks {a.a} vs {a.b}", table, command)
+               f"--rounds {a.rounds}" + (f" --b-devices {a.b_devices}" if a.b_devices else ""))
+    write_results(a.out or f"paired_{a.model}", f"CPU tricks {a.a} vs {a.b}"
+                  + (f", {mesh.size} XLA devices vs {mesh_b.size}" if a.b_devices else ""),
+                  table, command)
 
 
 if __name__ == "__main__":

@@ -17,4 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
     # No test-time shifts: five one-pixel views cost 0.07 and 0.08 pp of validation
     # accuracy in the two measured runs (experiments/README.md).
     config.tta_shifts = ()
+    # One XLA device, every core on each op: batch norm after every conv makes digitjax's
+    # 2-device CPU split sync the devices 7 times forward and 7 back (an all-reduce for
+    # each layer's batch statistics), which costs more than the split gains. Training
+    # step, one device vs the split, paired in one process: strided_cnn 1.05x,
+    # kernel_cnn:5 1.11x, inception_cnn 1.15x (experiments/README.md, session 6).
+    config.cpu_devices = 1
     return config

@@ -100,7 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.shard_params = False  # Split parameters and optimiser state over the devices (FSDP).
     # CPU only: XLA devices the host is split into, each taking a share of every batch;
-    # 0 = digitjax's choice (2 on 2+ cores, digitjax/cpu_flags.py). Read before jax starts.
+    # 0 = digitjax's choice (2 on 2+ cores, digitjax/cpu_flags.py; configs/best.py sets 1:
+    # its batch norms sync the devices at every layer). Read before jax starts.
     config.cpu_devices = 0
     config.checkpoint_every_steps = 0  # Also save every N steps inside epochs; 0 = epoch ends.
     config.keep_checkpoints = 2  # Newest checkpoints kept (the best epoch is kept besides).
