@@ -213,6 +213,9 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
         norm = {"mean": mean, "std": std}
 
     mesh = parallel.data_mesh(config)
+    console.log(f"devices: {mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)} "
+                "on the data mesh" + (f", {jax.process_count()} processes"
+                                      if jax.process_count() > 1 else ""))
     state = parallel.init_state(
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
                                    len(data.class_names), steps_per_epoch),

@@ -69,6 +69,7 @@ def test_a_run_on_its_own_device_count_predicts_under_other_counts(digits_dir, t
     proc = train_seed_one_epoch(workdir, digits_dir, "--config.cpu_devices=1",
                                 "--config.eval_batch_size=5", "--config.plots=False")
     assert proc.returncode == 0, proc.stderr
+    assert "devices: 1 cpu device on the data mesh" in proc.stdout + proc.stderr
     proc = run_main(f"--workdir={workdir}", "--mode=predict",
                     f"--input={digits_dir / 'test.csv'}", f"--output_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from digitjax import loop, train
-from digitjax.configs import default, inception_cnn, kernel_cnn, seed
+from digitjax.configs import best, default, inception_cnn, kernel_cnn, seed
 
 STEPS, BATCH = 2, 64
 
@@ -26,6 +26,8 @@ def network_config(name: str):
         return kernel_cnn.get_config(name.split(":")[1])
     if name == "inception_cnn":
         return inception_cnn.get_config()
+    if name == "strided_cnn":
+        return best.get_config()
     config = default.get_config()
     config.model = name
     return config
