@@ -14,13 +14,14 @@ single-stream programs beat one program whose ops are each split over both cores
 Measured on the project's 2-core CPU, training step at batch 128, 2 devices vs 1
 (`python experiments/xla_options.py --model M --only ...`, experiments/results/
 devices_*.md): cnn 1.44x, kernel_cnn:3 1.08x, kernel_cnn:7 1.10x, strided_cnn and
-kernel_cnn:5 1.00x, inception_cnn 0.94x. Where batch norm follows every conv, each layer's
+kernel_cnn:5 1.00x, inception_cnn 0.94x (older sessions; the default CNN 1.20x and, paired
+in one process, 1.05x in later ones). Where batch norm follows every conv, each layer's
 batch statistics are an all-reduce across the two devices, forward and back, and those
-syncs cost more than the split gains: one device trains configs/best.py's strided_cnn
-1.05x faster, kernel_cnn:3/5 1.06x/1.11x, inception_cnn 1.15x (paired in one process,
-experiments/README.md, session 6), so best.py and the configs built on it set
-`config.cpu_devices = 1`. More than 2 was not measured, so it is not chosen;
-DIGITJAX_CPU_DEVICES=N sets another count (1: one device, as jax's default).
+syncs cost more than the split gains: configs/best.py and the configs built on it set
+`config.cpu_devices = 1` (measured there and in experiments/README.md, session 6). More
+than 2 was not measured, so it is not chosen; DIGITJAX_CPU_DEVICES=N sets another count
+(1: one device, as jax's default) where the config leaves the count to digitjax
+(`config.cpu_devices = 0`); a config's own count wins over both.
 A computation not placed on the mesh (e.g. a plain `jax.jit` of `train_step` on
 uncommitted arrays) runs on device 0 as before. A step with a collective across the two
 devices must not be queued more than ~30 deep without a read-back: jax 0.10.2's CPU

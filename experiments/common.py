@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import ml_collections
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
-def step_config(model: str, batch_size: int = 128):
+def step_config(model: str, batch_size: int = 128) -> ml_collections.ConfigDict:
     """The config the speed scripts time `model` under: its shipped config ("seed":
     configs/seed.py, "strided_cnn": configs/best.py, "kernel_cnn:K" and
     "inception_cnn": the ensemble members' configs, "flax_example": the Flax MNIST

@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--out", default="", help="results file name (default paired_<model>)")
     a = ap.parse_args()
     config, mesh = step_config(a.model), parallel.data_mesh()
+    if not (0 <= a.b_devices <= len(jax.devices()) and 128 % (a.b_devices or 1) == 0):
+        ap.error(f"--b-devices: expected 0 or a divisor of 128 up to {len(jax.devices())}")
     mesh_b = Mesh(np.asarray(jax.devices()[:a.b_devices or None]), (parallel.DATA_AXIS,))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (128, 28, 28, 1), np.uint8)
@@ -75,8 +77,9 @@ def main() -> None:
              for m in (mesh, mesh_b)}
     step_a, state_a, infer_a, loss_a = compiled(config, a.a, mesh, *batch[mesh.size])
     step_b, state_b, infer_b, loss_b = compiled(config, a.b, mesh_b, *batch[mesh_b.size])
-    # the steps donate their state; inference reads a copy on each one's mesh
-    frozen = {k: jax.tree.map(lambda v: v.copy(), s) for k, s in (("a", state_a), ("b", state_b))}
+    # the steps donate their state; both infer on one copy of A's, placed on each mesh
+    frozen = {"a": jax.tree.map(lambda v: v.copy(), state_a)}
+    frozen["b"] = jax.device_put(frozen["a"], parallel.replicated(mesh_b))
     out_a = np.asarray(infer_a(frozen["a"], batch[mesh.size][0]))
     out_b = np.asarray(infer_b(frozen["b"], batch[mesh_b.size][0]))
     states, size = {"a": state_a, "b": state_b}, {"a": mesh.size, "b": mesh_b.size}
@@ -114,10 +117,12 @@ def main() -> None:
              f"difference {np.abs(out_a - out_b).max():.2e}; non-finite outputs "
              f"{int((~np.isfinite(out_a)).sum())} / {int((~np.isfinite(out_b)).sum())}.\n")
     command = (f"python experiments/paired_tricks.py --model {a.model} --a {a.a} --b {a.b} "
-               f"--rounds {a.rounds}" + (f" --b-devices {a.b_devices}" if a.b_devices else ""))
-    write_results(a.out or f"paired_{a.model}", f"CPU tricks {a.a} vs {a.b}"
-                  + (f", {mesh.size} XLA devices vs {mesh_b.size}" if a.b_devices else ""),
-                  table, command)
+               f"--rounds {a.rounds}" + (f" --b-devices {a.b_devices}" if a.b_devices else "")
+               + (f" --out {a.out}" if a.out else ""))
+    title = f"CPU tricks {a.a} vs {a.b}" + (f", {mesh.size} XLA devices vs {mesh_b.size}"
+                                             if a.b_devices else "")
+    write_results(a.out or f"paired_{'devices_' * bool(a.b_devices)}{a.model}", title, table,
+                  command)
 
 
 if __name__ == "__main__":

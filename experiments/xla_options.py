@@ -36,7 +36,8 @@ VARIANTS = {  # name: (extra XLA_FLAGS, step options); the first is the baseline
     "XNNPACK": ("--xla_cpu_use_xnnpack=true", {}),
     "no Eigen threads": ("--xla_cpu_multi_thread_eigen=false", {}),
     "lax.scan 8 steps": ("", {"scan": 8}),
-    # digitjax's default splits the host into 2 devices (cpu_flags.py); this is jax's 1
+    # digitjax's default splits the host into 2 devices (cpu_flags.py); this is jax's 1,
+    # which configs/best.py and its ensemble members ship (config.cpu_devices = 1)
     "1 CPU device (DIGITJAX_CPU_DEVICES=1)": ("", {"env": {"DIGITJAX_CPU_DEVICES": "1"}}),
     # YNNPACK's convolutions run on one thread: on 2 devices each has a core of its own
     "YNNPACK convs, 2 devices": ("--xla_force_host_platform_device_count=2",

@@ -9,7 +9,7 @@ from digitjax.configs import default
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model = "strided_cnn"  # Two 3x3 convs + a strided 5x5 conv per stage, BN, dropout.
-    config.num_epochs = 36  # ~48 s per epoch on a 2-core CPU: ~30 minutes with evaluation.
+    config.num_epochs = 36  # ~48-60 s per epoch on a 2-core CPU: ~30-36 minutes in all.
     config.learning_rate = 3e-3  # Peak of the warmup + cosine schedule.
     config.schedule_kwargs.warmup_epochs = 1.0  # Linear warmup.
     # No weight average: with batch norm at this learning rate, a 0.999 average
@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     # One XLA device, every core on each op: batch norm after every conv makes digitjax's
     # 2-device CPU split sync the devices 7 times forward and 7 back (an all-reduce for
     # each layer's batch statistics), which costs more than the split gains. Training
-    # step, one device vs the split, paired in one process: strided_cnn 1.05x,
-    # kernel_cnn:5 1.11x, inception_cnn 1.15x (experiments/README.md, session 6).
+    # step, one device vs the split, paired in one process: strided_cnn 1.05-1.08x,
+    # kernel_cnn:3/5/7 1.06/1.11/1.13x, inception_cnn 1.15x (experiments/README.md,
+    # session 6). `--config.cpu_devices=0` leaves the count to digitjax/the environment.
     config.cpu_devices = 1
     return config
