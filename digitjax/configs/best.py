@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 2-device CPU split sync the devices 7 times forward and 7 back (an all-reduce for
     # each layer's batch statistics), which costs more than the split gains. Training
     # step, one device vs the split, paired in one process: strided_cnn 1.05-1.08x,
-    # kernel_cnn:3/5/7 1.06/1.11/1.13x, inception_cnn 1.15x (experiments/README.md,
-    # session 6). `--config.cpu_devices=0` leaves the count to digitjax/the environment.
+    # inception_cnn 1.15-1.18x, kernel_cnn:3/7 1.06/1.13x, kernel_cnn:5 unsettled
+    # (0.93-1.11x by harness; experiments/README.md, session 6).
+    # `--config.cpu_devices=0` leaves the count to digitjax and the environment.
     config.cpu_devices = 1
     return config
