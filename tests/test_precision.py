@@ -42,7 +42,7 @@ def convolutions(jaxpr) -> list[tuple]:
     sums a few-channel input's shifted slices instead (`tap_sum_conv`)."""
     return signatures(jaxpr, lambda e: e.primitive.name == "conv_general_dilated" or (
         e.primitive.name == "custom_vjp_call"
-        and str(e).split("\n")[1].strip() == "name=tap_sum_conv"))
+        and e.params["call_jaxpr"].jaxpr.debug_info.func_name == "tap_sum_conv"))
 
 
 def signatures(jaxpr, chosen) -> list[tuple]:
