@@ -73,28 +73,28 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (128, 28, 28, 1), np.uint8)
     labels = rng.integers(0, 10, (128,)).astype(np.int32)
-    batch = {m.size: (parallel.global_array(images, m), parallel.global_array(labels, m))
-             for m in (mesh, mesh_b)}
-    step_a, state_a, infer_a, loss_a = compiled(config, a.a, mesh, *batch[mesh.size])
-    step_b, state_b, infer_b, loss_b = compiled(config, a.b, mesh_b, *batch[mesh_b.size])
+    batch = {k: (parallel.global_array(images, m), parallel.global_array(labels, m))
+             for k, m in (("a", mesh), ("b", mesh_b))}
+    step_a, state_a, infer_a, loss_a = compiled(config, a.a, mesh, *batch["a"])
+    step_b, state_b, infer_b, loss_b = compiled(config, a.b, mesh_b, *batch["b"])
     # the steps donate their state; both infer on one copy of A's, placed on each mesh
     frozen = {"a": jax.tree.map(lambda v: v.copy(), state_a)}
     frozen["b"] = jax.device_put(frozen["a"], parallel.replicated(mesh_b))
-    out_a = np.asarray(infer_a(frozen["a"], batch[mesh.size][0]))
-    out_b = np.asarray(infer_b(frozen["b"], batch[mesh_b.size][0]))
-    states, size = {"a": state_a, "b": state_b}, {"a": mesh.size, "b": mesh_b.size}
+    out_a = np.asarray(infer_a(frozen["a"], batch["a"][0]))
+    out_b = np.asarray(infer_b(frozen["b"], batch["b"][0]))
+    states = {"a": state_a, "b": state_b}
 
     def steps(key, fn):
         def run(calls):
             for _ in range(calls):
-                states[key], metrics = fn(states[key], *batch[size[key]])
+                states[key], metrics = fn(states[key], *batch[key])
             return metrics
         return run
 
     def infers(key, fn):
         def run(calls):
             for _ in range(calls):
-                out = fn(frozen[key], batch[size[key]][0])
+                out = fn(frozen[key], batch[key][0])
             return out
         return run
 
