@@ -27,7 +27,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLik
     with which="latest" of the newest checkpoint."""
 
     def template(meta: dict):
-        return parallel.init_state(
+        return parallel.abstract_state(
             lambda: create_train_state(config, jax.random.key(0), tuple(meta["input_shape"]),
                                        len(meta["class_names"])),
             parallel.data_mesh(config), config.shard_params)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import jax
@@ -419,3 +421,27 @@ def test_progress_bar_on_a_terminal_only_and_only_on_process_0(monkeypatch):
     assert not parallel.is_writer() and draw(Terminal()) == ""
     monkeypatch.undo()
     assert jax.process_index() == 0
+
+
+def test_tensorboardx_is_imported_without_torch(tmp_path):
+    """metrics_writer.summary_writer_class keeps tensorboardX from importing torch (2 s
+    of a cold start where torch is installed), and `import torch` works after it. A
+    stand-in torch package (on the path first) tells whether it was imported."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'w').close()\n"
+                                      "Tensor = object\n")
+    mark = tmp_path / "imported"
+    code = ("import sys\nfrom digitjax import metrics_writer\n"
+            "cls = metrics_writer.summary_writer_class()\n"
+            "assert cls.__name__ == 'SummaryWriter' and 'torch' not in sys.modules\n"
+            "import os; assert not os.path.exists(os.environ['MARK'])\n"
+            "import torch\nassert os.path.exists(os.environ['MARK'])\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MARK": str(mark)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    env["DIGITJAX_TB_WITHOUT_TORCH"] = "0"  # switched off: tensorboardX imports it
+    mark.unlink()
+    subprocess.run([sys.executable, "-c", "from digitjax import metrics_writer\n"
+                    "metrics_writer.summary_writer_class()"], check=True, env=env)
+    assert mark.exists()

@@ -215,3 +215,45 @@ def test_a_changed_num_epochs_resumes_and_says_the_schedule_changes(tmp_path, ca
     workdir.check_same_run(tmp_path, config)  # allowed: extends the run
     assert "note: num_epochs 20 -> 30: the learning-rate schedule is rebuilt" in \
         capsys.readouterr().out
+
+
+def test_fast_init_compile_gives_the_same_state(monkeypatch):
+    """parallel.init_compiler_options (LLVM level 1 on CPU) changes compile time only."""
+    from digitjax import parallel
+
+    config = default.get_config()
+    mesh = parallel.data_mesh()
+
+    def state_bits():
+        state = parallel.init_state(
+            lambda: train.create_train_state(config, jax.random.key(3), (28, 28, 1), 10, 5),
+            mesh)
+        return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+            x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(state)]
+
+    assert parallel.init_compiler_options()  # on: the tests run on CPU
+    fast = state_bits()
+    monkeypatch.setenv("DIGITJAX_FAST_INIT_COMPILE", "0")
+    assert parallel.init_compiler_options() == {}
+    default_compile = state_bits()
+    assert len(fast) == len(default_compile) > 10
+    for x, y in zip(fast, default_compile, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_prediction_restores_into_an_abstract_template(digits_dir, tmp_path):
+    """predict.restore_checkpoint builds no state of its own (parallel.abstract_state):
+    what it restores equals the checkpoint read into a real state, placed on the mesh."""
+    from digitjax import parallel, predict
+
+    config = small_run_config(digits_dir, 1)
+    loop.train_and_evaluate(config, tmp_path)
+    real, _ = params_of(tmp_path, config)
+    restored, meta = predict.restore_checkpoint(config, tmp_path, "latest")
+    assert meta["epoch"] == 1
+    mesh_devices = set(parallel.data_mesh(config).devices.flat)
+    for x, y in zip(jax.tree.leaves((real.params, real.batch_stats, real.opt_state)),
+                    jax.tree.leaves((restored.params, restored.batch_stats,
+                                     restored.opt_state)), strict=True):
+        assert isinstance(y, jax.Array) and set(y.sharding.device_set) == mesh_devices
+        assert np.array_equal(x, y)
