@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.sharding import Mesh
 
 from digitjax import (
     augment,
@@ -224,84 +225,121 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     with runs.lock(workdir):
         ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
         try:
-            return _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx,
-                           norm, mesh, state, ckpts)
+            return _epochs(_Run(config, workdir, data, train_idx, val_idx, norm, mesh, ckpts,
+                                stop), state, stop_after_epoch)
         finally:
             ckpts.close()  # waits for the saves in flight: a stop or an error keeps them
 
 
-def _epochs(config, workdir, stop_after_epoch, stop, data, train_idx, val_idx, norm, mesh,
-            state, ckpts: Checkpoints) -> dict:
-    state, at, best = _resume(ckpts, state)
-    if parallel.is_writer():
-        files.write_json(workdir / "config.json", json.loads(config.to_json()))
-        files.write_json(workdir / "classes.json", data.class_names)
+@dataclasses.dataclass
+class _Run:
+    """What the epochs of one invocation share: its settings, data, mesh and checkpoints,
+    and the best score so far (validation accuracy; without validation, the epoch)."""
 
-    def save(state, position: Position, score: float | None = None,
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    data: Dataset
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    norm: dict | None
+    mesh: Mesh
+    ckpts: Checkpoints
+    stop: preemption.StopFlag
+    best: float = -1.0
+
+    def save(self, state: TrainState, position: Position, score: float | None = None,
              val_accuracy: float | None = None) -> None:
         step = int(jax.device_get(state.step))
-        record = runs.checkpoint_record(config, step, position.epoch, position.batch,
-                                        position.sums, best, data.image_shape,
-                                        data.class_names, norm, val_accuracy, data.columns)
+        record = runs.checkpoint_record(self.config, step, position.epoch, position.batch,
+                                        position.sums, self.best, self.data.image_shape,
+                                        self.data.class_names, self.norm, val_accuracy,
+                                        self.data.columns)
         faults.point("before_save")
-        ckpts.save(step, state, record, score)
+        self.ckpts.save(step, state, record, score)
         faults.point("save_started")
 
+
+def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
+    """From the latest checkpoint (or `state`) to `config.num_epochs`, or to
+    `stop_after_epoch`; returns the last epoch's metrics.jsonl record."""
+    config, workdir = run.config, run.workdir
+    state, at, run.best = _resume(run.ckpts, state)
+    if parallel.is_writer():
+        files.write_json(workdir / "config.json", json.loads(config.to_json()))
+        files.write_json(workdir / "classes.json", run.data.class_names)
     history = runs.read_history(workdir, at.epoch)
     start_epoch = at.epoch
-    train_fn = make_train_fn(config, norm, jax.tree.map(lambda x: x.sharding, state))
-    eval_fn = make_eval_fn(norm)
+    train_fn = make_train_fn(config, run.norm, jax.tree.map(lambda x: x.sharding, state))
+    eval_fn = make_eval_fn(run.norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
-    writer = MetricsWriter(workdir, learning_rate_schedule(config, len(train_idx)
+    writer = MetricsWriter(workdir, learning_rate_schedule(config, len(run.train_idx)
                                                            // config.batch_size),
                            start_step=int(jax.device_get(state.step)))
     if at.epoch < last_epoch:
-        describe_run(config, workdir, data, (train_idx, val_idx), writer)
+        describe_run(config, workdir, run.data, (run.train_idx, run.val_idx), writer)
     try:
         while at.epoch < last_epoch:
-            start = time.perf_counter()
-            batches = epoch_batches(train_idx, config.batch_size, config.seed, at.epoch + 1)
-            try:
-                with console.Progress(config.progress, at.epoch + 1, config.num_epochs,
-                                      len(batches)) as progress:
-                    state, at, signum = train_epoch(
-                        train_fn, state, data, batches, mesh, progress, at, stop,
-                        config.checkpoint_every_steps, save, writer)
-            except TrainingDiverged as e:
-                kept = (f"the checkpoints in {ckpts.directory} are intact" if ckpts.steps()
-                        else "no checkpoint was saved")
-                raise TrainingDiverged(f"{e}; {kept}") from None
-            if signum:
-                save(state, at)
-                raise _stopped(ckpts, signum, f"step {int(jax.device_get(state.step))} "
-                               f"(epoch {at.epoch + 1}, batch {at.batch} of {len(batches)})")
-            seconds = time.perf_counter() - start
-            record = _epoch_record(state, at, batches, seconds, writer)
-            at = Position(at.epoch)
-            if len(val_idx):
-                val = evaluate(eval_fn, state, data, val_idx, config.eval_batch_size, mesh)
-                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            score = record.get("val_accuracy", at.epoch)  # without validation, newest is best
-            is_best = score > best
-            best = max(score, best)
-            history.append(record)
-            if parallel.is_writer():  # before the checkpoint: a resume drops lines past it
-                files.write_text(workdir / "metrics.jsonl",
-                                 "".join(json.dumps(r) + "\n" for r in history))
-            faults.point("metrics_written")
-            writer.epoch(record)
-            save(state, at, score, record.get("val_accuracy"))
-            console.log(console.epoch_line(record, config.num_epochs,
-                                           seconds * (config.num_epochs - at.epoch), is_best,
-                                           len(val_idx)))
-            signum = stop.signum if jax.process_count() == 1 else stop.agreed()
+            state, at, record = _train_one_epoch(run, train_fn, state, at, writer)
+            _end_epoch(run, eval_fn, state, at, record, history, writer)
+            signum = run.stop.signum if jax.process_count() == 1 else run.stop.agreed()
             if signum and at.epoch < last_epoch:
-                raise _stopped(ckpts, signum, f"epoch {at.epoch}")
+                raise _stopped(run.ckpts, signum, f"epoch {at.epoch}")
     finally:
         writer.close()
     if at.epoch == start_epoch >= config.num_epochs:
         console.log(f"{workdir}: already trained for {at.epoch} epochs (nothing retrained)")
     return history[-1] if history else {"epoch": at.epoch}
+
+
+def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,
+                     writer: MetricsWriter) -> tuple[TrainState, Position, dict]:
+    """The steps of epoch `at.epoch + 1` from `at`; returns the state, the position at
+    the epoch's end and its metrics.jsonl record (train metrics only). A stop signal
+    saves where the run is and raises `Stopped`; a diverged loss says whether
+    checkpoints are kept."""
+    config = run.config
+    start = time.perf_counter()
+    batches = epoch_batches(run.train_idx, config.batch_size, config.seed, at.epoch + 1)
+    try:
+        with console.Progress(config.progress, at.epoch + 1, config.num_epochs,
+                              len(batches)) as progress:
+            state, at, signum = train_epoch(train_fn, state, run.data, batches, run.mesh,
+                                            progress, at, run.stop,
+                                            config.checkpoint_every_steps, run.save, writer)
+    except TrainingDiverged as e:
+        kept = (f"the checkpoints in {run.ckpts.directory} are intact" if run.ckpts.steps()
+                else "no checkpoint was saved")
+        raise TrainingDiverged(f"{e}; {kept}") from None
+    if signum:
+        run.save(state, at)
+        raise _stopped(run.ckpts, signum, f"step {int(jax.device_get(state.step))} "
+                       f"(epoch {at.epoch + 1}, batch {at.batch} of {len(batches)})")
+    record = _epoch_record(state, at, batches, time.perf_counter() - start, writer)
+    return state, Position(at.epoch), record
+
+
+def _end_epoch(run: _Run, eval_fn, state: TrainState, at: Position, record: dict,
+               history: list[dict], writer: MetricsWriter) -> None:
+    """Validation, the best score, metrics.jsonl, TensorBoard, the epoch's checkpoint
+    and its line, in that order: metrics.jsonl before the checkpoint, since a resume
+    drops the lines past its checkpoint."""
+    config = run.config
+    if len(run.val_idx):
+        val = evaluate(eval_fn, state, run.data, run.val_idx, config.eval_batch_size, run.mesh)
+        record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    score = record.get("val_accuracy", at.epoch)  # without validation, newest is best
+    is_best = score > run.best
+    run.best = max(score, run.best)
+    history.append(record)
+    if parallel.is_writer():
+        files.write_text(run.workdir / "metrics.jsonl",
+                         "".join(json.dumps(r) + "\n" for r in history))
+    faults.point("metrics_written")
+    writer.epoch(record)
+    run.save(state, at, score, record.get("val_accuracy"))
+    console.log(console.epoch_line(record, config.num_epochs,
+                                   record["seconds"] * (config.num_epochs - at.epoch), is_best,
+                                   len(run.val_idx)))
 
 
 def _resume(ckpts: Checkpoints, state: TrainState) -> tuple[TrainState, Position, float]:

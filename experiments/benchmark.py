@@ -369,6 +369,15 @@ def _measure(code: str) -> tuple[float, int, float]:
     return float(seconds), N_DIGITS, float(rss)
 
 
+def ratio(ours: list[dict], peer: list[dict], key: str) -> str:
+    """digitjax/peer of the medians over rounds and, with 2 or more rounds, the lowest
+    and highest ratio of one round (each round's processes ran back to back): the noise."""
+    medians = [statistics.median(r[key] for r in runs) for runs in (ours, peer)]
+    text = f"{medians[0] / medians[1]:.2f}"
+    rounds = [o[key] / p[key] for o, p in zip(ours, peer, strict=True)]
+    return text + (f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
@@ -398,7 +407,8 @@ def main() -> None:
     lines = [f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the start; float32 "
              f"matmul peak (XLA) {peak:.0f} GFLOP/s"
              + (f"; batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
-                f"{TIMED_STEPS} steps." if models else "."), ""]
+                f"{TIMED_STEPS} steps; a ratio's brackets: its lowest and highest round."
+                if models else "."), ""]
     if models:
         lines += ["| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
                   "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
@@ -409,8 +419,9 @@ def main() -> None:
         ours = med["digitjax"]
         for f in med:
             m = med[f]
-            ratio_t = "-" if f == "digitjax" else f"{ours['train_ips'] / m['train_ips']:.2f}"
-            ratio_i = "-" if f == "digitjax" else f"{ours['infer_ips'] / m['infer_ips']:.2f}"
+            ratio_t, ratio_i = (("-", "-") if f == "digitjax" else
+                                (ratio(results[("digitjax", model)], results[(f, model)], k)
+                                 for k in ("train_ips", "infer_ips")))
             frac = ""
             if "train_flops_per_image" in ours:  # same network: same FLOPs per image
                 frac = f"{100 * ours['train_flops_per_image'] * m['train_ips'] / 1e9 / peak:.0f}%"
