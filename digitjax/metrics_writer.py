@@ -39,6 +39,9 @@ def summary_writer_class() -> type:
     tensorboardX`). Hiding torch for that one import makes tensorboardX fall back to
     numpy; scalars and text, all this module writes, never touch torch. Switch:
     DIGITJAX_TB_WITHOUT_TORCH=0. Where torch is already imported it costs nothing."""
+    if "tensorboardX" in sys.modules:  # each epoch's writer: nothing hidden again
+        return sys.modules["tensorboardX"].SummaryWriter
+    # Not thread-safe: another thread importing torch in this moment would fail.
     hide = ("torch" not in sys.modules
             and os.environ.get("DIGITJAX_TB_WITHOUT_TORCH", "1") != "0")
     if hide:

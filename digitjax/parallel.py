@@ -88,7 +88,7 @@ def init_compiler_options() -> dict:
     optimisation level 1 instead of 2 ("fast init compile"). The initialisers' random
     draws are most of that compile, and level 1 compiled them 2.7-3.1 s -> 0.8-1.1 s
     (configs/quick.py, default.py) and 8.0 -> 1.9 s (best.py), giving bit-identical
-    parameters (tests/test_parallel.py checks it). The training step's compile did
+    parameters (tests/test_train.py checks it). The training step's compile did
     not shorten (3.7 vs 3.6 s for quick.py's), so it keeps XLA's default.
     DIGITJAX_FAST_INIT_COMPILE=0 switches it off."""
     if (jax.default_backend() != "cpu"
@@ -107,7 +107,8 @@ def init_state(fn, mesh: Mesh, shard_params: bool = False):
 def abstract_state(fn, mesh: Mesh, shard_params: bool = False):
     """`init_state`'s shapes, dtypes and placements without running `fn`: the template a
     checkpoint is restored into. Compiling and running `fn` only to overwrite its arrays
-    took 2.6-2.9 s of `configs/quick.py`'s cold run (its initialisation's compile)."""
+    took 2.6-2.9 s in `configs/quick.py`'s run with the compilation cache off, ~0.4 s
+    with it on (the training run's own initialisation had filled it)."""
     shapes = jax.eval_shape(fn)
     return jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
                         shapes, state_shardings(shapes, mesh, shard_params))
