@@ -100,12 +100,13 @@ def init_compiler_options() -> dict:
 def init_state(fn, mesh: Mesh, shard_params: bool = False):
     """Runs `fn()` (no array arguments) under jit, placing its outputs by
     `state_shardings`: how a state is made on every device of every process alike."""
-    return jax.jit(fn, out_shardings=state_shardings(jax.eval_shape(fn), mesh, shard_params),
-                   compiler_options=init_compiler_options())()
+    placed = jax.tree.map(lambda s: s.sharding, abstract_state(fn, mesh, shard_params))
+    return jax.jit(fn, out_shardings=placed, compiler_options=init_compiler_options())()
 
 
 def abstract_state(fn, mesh: Mesh, shard_params: bool = False):
-    """`init_state`'s shapes, dtypes and placements without running `fn`: the template a
+    """`fn()`'s shapes and dtypes, placed by `state_shardings`, without running `fn`
+    (`init_state` places its state by these, so the two cannot differ): the template a
     checkpoint is restored into. Compiling and running `fn` only to overwrite its arrays
     took 2.6-2.9 s in `configs/quick.py`'s run with the compilation cache off, ~0.4 s
     with it on (the training run's own initialisation had filled it)."""
