@@ -275,3 +275,47 @@ def test_prediction_restores_into_an_abstract_template(digits_dir, tmp_path, mon
         assert isinstance(y, jax.Array) and set(y.sharding.device_set) == mesh_devices
         # the step: an int in the template, an array here
         assert np.array_equal(without_key_type(x), without_key_type(y))
+
+
+def test_prediction_compiles_once_for_several_calls(monkeypatch):
+    """predict_probs traces its function once per (normalization, shifts), not per call
+    (the validation report and the test prediction of a run share it), and the reused
+    function gives what a fresh one gives."""
+    from digitjax import predict
+
+    config = default.get_config()
+    state = state_for(config)
+    images = np.random.default_rng(0).integers(0, 256, (37, 28, 28, 1), dtype=np.uint8)
+    norm = {"mean": np.float32([33.3]), "std": np.float32([78.5])}
+    traces = []
+    real_apply = predict.apply_model
+    monkeypatch.setattr(predict, "apply_model",
+                        lambda s, x: traces.append(x.shape) or real_apply(s, x))
+    predict._probs_fn.cache_clear()
+    first = predict.predict_probs(state, images, config, norm, tta_shifts=())
+    # the same statistics as a run's saved record (lists), then shifted views
+    again = predict.predict_probs(state, images[::-1], config,
+                                  {k: v.tolist() for k, v in norm.items()}, tta_shifts=())
+    assert len(traces) == 1 and first.shape == (37, 10)
+    shifted = predict.predict_probs(state, images, config, norm, tta_shifts=((0, 0), (1, 0)))
+    assert len(traces) == 3  # a new function for new shifts: one trace, two views
+    predict._probs_fn.cache_clear()
+    assert np.array_equal(again, predict.predict_probs(state, images[::-1], config, norm,
+                                                       tta_shifts=()))
+    assert not np.array_equal(first, shifted)
+
+
+def test_the_metrics_writer_compiles_the_schedule_once(tmp_path):
+    """MetricsWriter.learning_rate is the schedule's rate of update `step` (1-based),
+    from one compiled function: an eagerly run optax schedule compiled each of its ops."""
+    from digitjax.metrics_writer import MetricsWriter
+
+    config = default.get_config()
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=50)
+    calls = []
+    writer = MetricsWriter(tmp_path, lambda count: calls.append(count) or schedule(count))
+    steps = [1, 2, 77, 50 * config.num_epochs]
+    rates = [writer.learning_rate(s) for s in steps]
+    # compiled, its float32 arithmetic may round apart from the eager ops' by an ulp or so
+    assert rates == pytest.approx([float(schedule(s - 1)) for s in steps], rel=1e-5, abs=0)
+    assert len(calls) == 1 and rates[0] != rates[2]  # traced once for every step
