@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from digitjax import (
     augment,
+    compile_cache,
     console,
     faults,
     files,
@@ -276,7 +277,11 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
                                                            // config.batch_size),
                            start_step=int(jax.device_get(state.step)))
     if at.epoch < last_epoch:
+        compiled = compile_cache.compile_ahead(train_fn, state, *_first_batch(run))
         describe_run(config, workdir, run.data, (run.train_idx, run.val_idx), writer)
+        if len(run.val_idx):  # on this thread, beside the step's compile
+            compile_cache.compile_ahead(eval_fn, state, *_first_batch(run, validation=True))()
+        compiled()
     try:
         while at.epoch < last_epoch:
             state, at, record = _train_one_epoch(run, train_fn, state, at, writer)
@@ -289,6 +294,19 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
     if at.epoch == start_epoch >= config.num_epochs:
         console.log(f"{workdir}: already trained for {at.epoch} epochs (nothing retrained)")
     return history[-1] if history else {"epoch": at.epoch}
+
+
+def _first_batch(run: _Run, validation: bool = False) -> tuple[jax.Array, ...]:
+    """A batch laid out as the training (or validation) steps receive theirs: the
+    arguments to compile them for ahead of the first real call."""
+    size = run.config.eval_batch_size if validation else run.config.batch_size
+    rows = parallel.process_rows(size)
+    indices = (run.val_idx if validation else run.train_idx)[:size]
+    idx = np.resize(indices, size)[rows]  # validation may hold fewer rows than a batch
+    arrays = [run.data.images[idx], run.data.labels[idx]]
+    if validation:
+        arrays.append(np.ones(size, bool)[rows])
+    return tuple(parallel.global_array(a, run.mesh) for a in arrays)
 
 
 def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,

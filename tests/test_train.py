@@ -319,3 +319,33 @@ def test_the_metrics_writer_compiles_the_schedule_once(tmp_path):
     # compiled, its float32 arithmetic may round apart from the eager ops' by an ulp or so
     assert rates == pytest.approx([float(schedule(s - 1)) for s in steps], rel=1e-5, abs=0)
     assert len(calls) == 1 and rates[0] != rates[2]  # traced once for every step
+
+
+@pytest.mark.parametrize("ahead", ["1", "0"])
+def test_the_steps_are_compiled_ahead_on_a_thread(digits_dir, tmp_path, monkeypatch, ahead):
+    """compile_cache.compile_ahead: a run's training and validation steps are compiled
+    on a thread before the first epoch, laid out as the real calls' arguments, so the
+    epoch's first step and its validation compile nothing; DIGITJAX_COMPILE_AHEAD=0
+    leaves them to the first calls."""
+    import threading
+    import traceback
+
+    monkeypatch.setenv("DIGITJAX_COMPILE_AHEAD", ahead)
+    late, threads = [], set()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            threads.add(threading.current_thread().name)
+            names = [f.name for f in traceback.extract_stack()]
+            if ("train_epoch" in names or "evaluate" in names) and "learning_rate" not in names:
+                late.append(names[-8:])
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        loop.train_and_evaluate(small_run_config(digits_dir, 1), tmp_path)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    if ahead == "1":
+        assert late == [] and "compile_ahead" in threads
+    else:
+        assert len(late) == 2 and "compile_ahead" not in threads  # the step, validation
