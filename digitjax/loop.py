@@ -277,11 +277,13 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
                                                            // config.batch_size),
                            start_step=int(jax.device_get(state.step)))
     if at.epoch < last_epoch:
-        compiled = compile_cache.compile_ahead(train_fn, state, *_first_batch(run))
-        describe_run(config, workdir, run.data, (run.train_idx, run.val_idx), writer)
-        if len(run.val_idx):  # on this thread, beside the step's compile
-            compile_cache.compile_ahead(eval_fn, state, *_first_batch(run, validation=True))()
-        compiled()
+        compiled = compile_cache.compile_ahead(train_fn, state, *_batch_layout(run))
+        try:
+            describe_run(config, workdir, run.data, (run.train_idx, run.val_idx), writer)
+            if len(run.val_idx):  # beside the step's compile, waited for here
+                compile_cache.compile_ahead(eval_fn, state, *_batch_layout(run, True))()
+        finally:  # an error above waits too: exiting amid XLA's compile aborts the process
+            compiled()
     try:
         while at.epoch < last_epoch:
             state, at, record = _train_one_epoch(run, train_fn, state, at, writer)
@@ -296,17 +298,17 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
     return history[-1] if history else {"epoch": at.epoch}
 
 
-def _first_batch(run: _Run, validation: bool = False) -> tuple[jax.Array, ...]:
-    """A batch laid out as the training (or validation) steps receive theirs: the
-    arguments to compile them for ahead of the first real call."""
+def _batch_layout(run: _Run, validation: bool = False) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """The arguments of a training (or validation) step as shapes, dtypes and
+    shardings, the same as `parallel.global_array` gives the real calls: what
+    `compile_cache.compile_ahead` compiles them for."""
     size = run.config.eval_batch_size if validation else run.config.batch_size
-    rows = parallel.process_rows(size)
-    indices = (run.val_idx if validation else run.train_idx)[:size]
-    idx = np.resize(indices, size)[rows]  # validation may hold fewer rows than a batch
-    arrays = [run.data.images[idx], run.data.labels[idx]]
-    if validation:
-        arrays.append(np.ones(size, bool)[rows])
-    return tuple(parallel.global_array(a, run.mesh) for a in arrays)
+    sharding = parallel.batch_sharding(run.mesh)
+    dtypes = [run.data.images.dtype, run.data.labels.dtype] + [np.bool_] * validation
+    shapes = [(size, *run.data.image_shape), (size,), (size,)]
+    return tuple(jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype),
+                                      sharding=sharding)
+                 for shape, dtype in zip(shapes, dtypes, strict=False))
 
 
 def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,

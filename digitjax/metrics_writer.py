@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
 from etils import epath
 
 from digitjax import parallel
@@ -82,7 +83,8 @@ class MetricsWriter:
 
     def learning_rate(self, step: int) -> float:
         """The rate of update number `step` (1-based; optax counts from 0)."""
-        return float(self._learning_rate(max(step - 1, 0)))
+        # float32, written in its shortest form (0.001, not 0.0010000000474974513)
+        return float(str(np.float32(self._learning_rate(max(step - 1, 0)))))
 
     def text(self, tag: str, text: str) -> None:
         """A block of text (shown as code) at the last recorded step."""
