@@ -32,8 +32,8 @@ def compile_ahead(fn, *args) -> Callable[[], None]:
     XLA compiles a program on one core and releases the GIL, so on a 2-core CPU the
     training step's compile (3-5 s for configs/quick.py, 8-12 s for best.py) runs
     beside the model summary and the validation step's compile instead of after the
-    one and before the other; the first real call then finds the program compiled. A failure here is
-    dropped: the real call compiles again and reports it. Off with
+    one and before the other; the first real call then finds the program compiled.
+    A failure here is dropped: the real call compiles again and reports it. Off with
     DIGITJAX_COMPILE_AHEAD=0.
     """
     if os.environ.get("DIGITJAX_COMPILE_AHEAD", "1") == "0":

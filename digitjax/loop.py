@@ -303,12 +303,13 @@ def _batch_layout(run: _Run, validation: bool = False) -> tuple[jax.ShapeDtypeSt
     shardings, the same as `parallel.global_array` gives the real calls: what
     `compile_cache.compile_ahead` compiles them for."""
     size = run.config.eval_batch_size if validation else run.config.batch_size
+    args = [((size, *run.data.image_shape), run.data.images.dtype),  # images
+            ((size,), run.data.labels.dtype)]  # labels
+    if validation:
+        args.append(((size,), np.bool_))  # the mask of real (not padding) rows
     sharding = parallel.batch_sharding(run.mesh)
-    dtypes = [run.data.images.dtype, run.data.labels.dtype] + [np.bool_] * validation
-    shapes = [(size, *run.data.image_shape), (size,), (size,)]
     return tuple(jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype),
-                                      sharding=sharding)
-                 for shape, dtype in zip(shapes, dtypes, strict=False))
+                                      sharding=sharding) for shape, dtype in args)
 
 
 def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,
