@@ -29,6 +29,7 @@ from digitjax import (
     model_summary,
     parallel,
     preemption,
+    scores,
     transforms,
 )
 from digitjax import workdir as runs
@@ -282,6 +283,7 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
             describe_run(config, workdir, run.data, (run.train_idx, run.val_idx), writer)
             if len(run.val_idx):  # beside the step's compile, waited for here
                 compile_cache.compile_ahead(eval_fn, state, *_batch_layout(run, True))()
+                scores.preload()  # the validation report's imports, in the same wait
         finally:  # an error above waits too: exiting amid XLA's compile aborts the process
             compiled()
     try:

@@ -12,6 +12,7 @@ side by side).
 
 from __future__ import annotations
 
+import atexit
 import logging as std_logging
 import os
 import sys
@@ -248,5 +249,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def exit_without_teardown() -> None:
+    """Ends a finished command's process at once: the exit handlers run and the output
+    is flushed, then the process ends without the interpreter's teardown (freeing every
+    module and jaxlib's, tensorstore's and XLA's objects one by one): 1.2 s of a
+    `configs/quick.py` run's end, 0.08 s this way (measured on the 2-core CPU). Every file
+    is written and closed by then (checkpoints, metrics and TensorBoard writers are
+    closed by the loop). DIGITJAX_FAST_EXIT=0 keeps the ordinary exit."""
+    if os.environ.get("DIGITJAX_FAST_EXIT", "1") == "0":
+        return
+    atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit handlers, run as at exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _main_then_exit(argv: list[str]) -> None:
+    main(argv)
+    exit_without_teardown()
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(_main_then_exit, flags_parser=parse_flags)

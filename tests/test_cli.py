@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -42,6 +45,19 @@ def test_training_writes_every_output(trained_workdir):
     assert probs.shape == (50, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert np.array_equal(probs.argmax(axis=1), sub["Label"].to_numpy())
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_a_finished_command_ends_after_its_exit_handlers_and_output(fast):
+    """`main.exit_without_teardown`: the exit handlers run and the output is flushed,
+    then the process ends there (DIGITJAX_FAST_EXIT=0: it returns, the ordinary exit)."""
+    code = ("import atexit\nfrom digitjax import main\n"
+            "atexit.register(lambda: print('handler ran'))\n"
+            "print('output', end='')\nmain.exit_without_teardown()\nprint(' returned')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "DIGITJAX_FAST_EXIT": fast}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == {"1": "outputhandler ran\n", "0": "output returned\nhandler ran\n"}[fast]
 
 
 def test_predict_mode_reloads_without_retraining(trained_workdir, digits_dir, tmp_path):

@@ -94,7 +94,14 @@ def test_inception_cnn_concatenates_its_branches():
     assert model.apply(variables, np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
 
-def test_wilson_interval_from_scipy():
+def test_wilson_interval_equals_scipys():
+    from scipy import stats
+
+    for k, n in [(0, 10), (1, 10), (9, 10), (10, 10), (4183, 4200), (41832, 42000), (7, 13)]:
+        for confidence in (0.95, 0.9, 0.99):
+            ci = stats.binomtest(k, n).proportion_ci(confidence, method="wilson")
+            low, high = scores.interval(k / n, n, confidence)
+            assert abs(low - ci.low) < 1e-15 and abs(high - ci.high) < 1e-15, (k, n, confidence)
     low, high = scores.interval(0.996, 42_000)
     assert low < 0.996 < high and 0.0005 < high - 0.996 < 0.0007  # about +-0.06 pp
     low, high = scores.interval(0.996, 4_200)
