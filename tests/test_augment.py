@@ -116,3 +116,16 @@ def test_bilinear_sample_is_four_masked_taps_anywhere():
     out = augment.bilinear_sample(jnp.asarray(images), jnp.asarray(y), jnp.asarray(x))
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert np.all(np.asarray(out)[(y < -1) | (y > 5) | (x < -1) | (x > 6)] == 0)
+
+
+def test_each_images_rotation_is_computed_once_not_per_pixel():
+    """`augment._per_image`: in the compiled augmentation, cos and sin run on the batch's
+    B angles once; XLA:CPU had fused them into every per-pixel fusion that read them."""
+    images = jnp.zeros((8, 28, 28, 1), jnp.float32)
+    fn = jax.jit(lambda x, k: augment.random_augment(x, k, rotation_deg=10.0, zoom=0.1,
+                                                     shift=0.1, shear_deg=5.0))
+    hlo = fn.lower(images, jax.random.key(0)).compile().as_text()
+    assert hlo.count(" cosine(") == 1 and hlo.count(" sine(") == 1, hlo
+    values = [jnp.arange(3.0), jnp.array([np.pi, -0.0, 1e-30])]
+    assert all(np.array_equal(a[:, 0, 0], b) for a, b in zip(augment._per_image(*values),
+                                                             values, strict=True))
