@@ -1,9 +1,10 @@
 """A first submission in under a minute on a 2-core CPU, compile and prediction
 included (48.1 s cold with an empty compilation cache, 44.9 s with the cache a first
-run leaves, on an AVX2 2-core machine whose epochs of this config took 7-9 s): a narrow version of the default CNN (3x fewer FLOPs per image) for 4 epochs of
-batch 64 with a one-cycle schedule and light augmentation. Out of fold (4 folds, every
-one of the 42,000 training digits predicted by a model that never saw it): 99.25%
-[99.16, 99.32]. `python experiments/quick_timing.py` measures the wall time.
+run leaves, on an AVX2 2-core machine whose epochs of this config took 7-9 s): a
+narrow version of the default CNN (3x fewer FLOPs per image) for 4 epochs of batch 64
+with a one-cycle schedule and light augmentation. Out of fold (4 folds, every one of
+the 42,000 training digits predicted by a model that never saw it): 99.25% [99.16,
+99.32]. `python experiments/quick_timing.py` measures the wall time.
 """
 
 import ml_collections
