@@ -68,6 +68,24 @@ def run_main(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def train_folds(config: str, member: Path, folds: int, *overrides: str) -> float:
+    """Trains `config` on each of the k folds of `config.num_folds` into member/fold<i>;
+    each fold's last checkpoint predicts its held-out rows (nothing chosen on them), so
+    the folds together predict every training row once, out of fold. A fold whose
+    predictions exist is not trained again. Returns the wall seconds spent."""
+    wall = 0.0
+    for fold in range(folds):
+        workdir = Path(member) / f"fold{fold}"
+        if (workdir / "val_probs.npy").exists():
+            continue
+        wall += run_main("--config", config, f"--workdir={workdir}",
+                         f"--config.data_dir={DATA / 'digit-recognizer'}",
+                         f"--config.num_folds={folds}", f"--config.fold={fold}",
+                         "--config.predict_checkpoint=last", "--config.plots=false",
+                         "--config.progress=false", *overrides)
+    return wall
+
+
 def metrics(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 

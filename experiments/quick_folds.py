@@ -1,14 +1,18 @@
-"""How short `configs/quick.py` can be: its variants out of fold, paired on the same rows.
+"""A config's variants out of fold, paired on the same rows (by default how short
+`configs/quick.py` can be).
 
     python experiments/quick_folds.py [--variants shipped,7x128,...] [--folds 4]
+    python experiments/quick_folds.py --config configs/best.py --out strided_batch \
+        --common=--config.num_epochs=10 \
+        --variant "b128=" --variant "b64=--config.batch_size=64"
 
-Each variant (`configs/quick.py` with a few overrides) trains on the k folds of
+Each variant (the config with a few overrides) trains on the k folds of
 `config.num_folds`; each fold's last checkpoint predicts its held-out rows, so every one
 of the 42,000 training digits is predicted once by a model that never saw it. Prints
 each variant's out-of-fold accuracy with its 95% interval, its median epoch time, and
-McNemar's exact test against the shipped config on the same digits; writes
-results/quick_folds.md. A fold whose predictions exist is not trained again. About 4-7
-minutes a variant on a 2-core CPU.
+McNemar's exact test against the first variant on the same digits; writes
+results/<out>.md. A fold whose predictions exist is not trained again. About 4-7
+minutes a quick.py variant on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import json
 import statistics
 from pathlib import Path
 
-from common import DATA, REPO, markdown_table, run_main, write_results
+from common import REPO, markdown_table, train_folds, write_results
 
 from digitjax import ensemble, scores
 
-# Variant name -> overrides of configs/quick.py ("EPOCHSxBATCH").
+# quick.py's variant name -> its overrides ("EPOCHSxBATCH"); the first is the baseline.
 VARIANTS = {
     "shipped": [],
     "7x128": ["--config.num_epochs=7", "--config.batch_size=128"],
@@ -33,56 +37,65 @@ VARIANTS = {
     "4x64-no-bn": ["--config.cnn.batch_norm=false"],
 }
 COLUMNS = ["variant", "overrides", "oof_accuracy", "interval_95", "errors",
-           "epoch_seconds", "vs_shipped"]
+           "epoch_seconds", "vs_first"]
 
 
-def train_folds(name: str, folds: int, runs: Path) -> Path:
-    member = runs / name
-    for fold in range(folds):
-        workdir = member / f"fold{fold}"
-        if (workdir / "val_probs.npy").exists():
-            continue
-        run_main("--config", "configs/quick.py", f"--workdir={workdir}",
-                 f"--config.data_dir={DATA / 'digit-recognizer'}",
-                 f"--config.num_folds={folds}", f"--config.fold={fold}",
-                 "--config.predict_checkpoint=last", "--config.progress=false",
-                 *VARIANTS[name])
-    return member
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--folds", type=int, default=4)
-    ap.add_argument("--runs", default=str(REPO / "runs" / "quick_folds"))
-    a = ap.parse_args()
+def parse_variants(a: argparse.Namespace) -> dict[str, list[str]]:
+    """`--variant NAME=OVERRIDES` (repeated) if given, else quick.py's by name."""
+    if a.variant:
+        pairs = [v.partition("=") for v in a.variant]
+        bad = [v for v, (name, eq, _) in zip(a.variant, pairs, strict=True) if not name or not eq]
+        if bad:
+            raise SystemExit(f"--variant: expected NAME=OVERRIDES, got {bad}")
+        return {name: rest.split() for name, _, rest in pairs}
     names = ["shipped"] + [n for n in a.variants.split(",") if n != "shipped"]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; expected names from "
                          f"{', '.join(VARIANTS)}")
+    return {n: VARIANTS[n] for n in names}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/quick.py")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="quick.py's, by name")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=OVERRIDES (space-separated), repeated; replaces --variants")
+    ap.add_argument("--common", default="", help="overrides every variant gets")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--runs", default=str(REPO / "runs" / "quick_folds"))
+    ap.add_argument("--out", default="quick_folds", help="experiments/results/<out>.md")
+    a = ap.parse_args()
+    variants = parse_variants(a)
+    first = next(iter(variants))
     right, rows = {}, []
-    for name in names:
-        member = train_folds(name, a.folds, Path(a.runs))
+    for name, overrides in variants.items():
+        member = Path(a.runs) / name
+        train_folds(a.config, member, a.folds, *a.common.split(), *overrides)
         probs, labels, _ = ensemble.out_of_fold(member)
         right[name] = probs.argmax(1) == labels
         n, accuracy = len(labels), float(right[name].mean())
         low, high = scores.interval(accuracy, n)
         seconds = [json.loads(line)["seconds"] for m in sorted(member.glob("fold*/metrics.jsonl"))
                    for line in m.read_text().splitlines()]
-        rows.append({"variant": name, "overrides": " ".join(VARIANTS[name]) or "-",
+        rows.append({"variant": name, "overrides": " ".join(overrides) or "-",
                      "oof_accuracy": accuracy, "interval_95": f"{low:.4f}-{high:.4f}",
                      "errors": int(n - right[name].sum()),
                      "epoch_seconds": statistics.median(seconds),
-                     "vs_shipped": "-" if name == "shipped" else
-                     f"p = {ensemble.paired_p(right[name], right['shipped']):.2g}"})
+                     "vs_first": "-" if name == first else
+                     f"p = {ensemble.paired_p(right[name], right[first]):.2g}"})
     table = markdown_table(rows, COLUMNS) + (
         f"\nOut of fold over {len(labels):,} training digits ({a.folds} folds; each fold's "
         "model trained on the other folds' rows, its epochs shorter than a full run's by the "
-        "same fraction). epoch_seconds: the median fold epoch (noisy: other work on the "
-        "machine moves it). vs_shipped: McNemar's exact test on the same digits.\n")
-    write_results("quick_folds", "configs/quick.py's variants out of fold", table,
-                  "python experiments/quick_folds.py")
+        "same fraction). Common overrides: "
+        f"{a.common or '-'}. epoch_seconds: the median fold epoch (noisy: other work on the "
+        f"machine moves it). vs_first: McNemar's exact test against {first} on the same "
+        "digits.\n")
+    command = " ".join(["python experiments/quick_folds.py", f"--config {a.config}",
+                        f"--out {a.out}", *(f"--common={a.common}" for _ in [1] if a.common),
+                        *(f'--variant "{v}"' for v in a.variant)])
+    write_results(a.out, f"{a.config}'s variants out of fold", table, command)
 
 
 if __name__ == "__main__":

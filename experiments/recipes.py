@@ -10,7 +10,8 @@
         --epochs 36 --full 1                  # its knobs (see --help; defaults:
                                               # strided,kernel7,kernel5, 4 folds, 10 epochs)
 
-Each prints a results table and writes experiments/results/<recipe>.md.
+Each prints a results table and writes experiments/results/<recipe>.md (the ensemble's
+name: --out).
 Checkpoints are chosen on the validation split only. The ensemble recipe trains each
 member on the k folds of `config.num_folds` (each fold's model predicts its held-out
 rows with its last checkpoint: out-of-fold, nothing chosen on them) and, with --full,
@@ -26,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import DATA, REPO, markdown_table, run_main, summary, write_results
+from common import DATA, REPO, markdown_table, run_main, summary, train_folds, write_results
 
 DIGITS = DATA / "digit-recognizer"
 COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
@@ -57,13 +58,7 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     epochs = [f"--config.num_epochs={a.epochs}"] if a.epochs else []
     walls = {}
     for name in names:
-        walls[name] = 0.0
-        for fold in range(a.folds):
-            walls[name] += run_main(
-                "--config", MEMBERS[name], f"--workdir={runs / name / f'fold{fold}'}",
-                f"--config.data_dir={DIGITS}", f"--config.num_folds={a.folds}",
-                f"--config.fold={fold}", "--config.predict_checkpoint=last",
-                "--config.plots=false", *epochs)
+        walls[name] = train_folds(MEMBERS[name], runs / name, a.folds, *epochs)
         for seed in range(a.full):
             walls[name] += run_main(
                 "--config", MEMBERS[name], f"--workdir={runs / name / f'full{seed}'}",
@@ -97,9 +92,10 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     table = (markdown_table(rows, OOF_COLUMNS) + f"\nOut-of-fold over {report['oof_rows']:,} "
              f"training rows ({a.folds} folds). Weights fitted on them: {weights}. "
              f"Submission: {out / 'submission.csv'}\n" + epochs_table)
-    write_results("ensemble", "Recipe: ensemble (out-of-fold)", table,
+    write_results(a.out, "Recipe: ensemble (out-of-fold)", table,
                   f"python experiments/recipes.py ensemble --members {a.members} "
-                  f"--folds {a.folds} --epochs {a.epochs} --full {a.full} --bag {a.bag}")
+                  f"--folds {a.folds} --epochs {a.epochs} --full {a.full} --bag {a.bag} "
+                  f"--out {a.out}")
 
 
 def main() -> None:
@@ -125,6 +121,8 @@ def main() -> None:
     ap.add_argument("--bag", type=float, default=1.0,
                     help="ensemble: each --full run trains on this random share of the rows, "
                          "a different one per seed (bagging; Deotte's members: 0.9)")
+    ap.add_argument("--out", default="ensemble",
+                    help="ensemble: the table goes to experiments/results/<out>.md")
     a = ap.parse_args()
     runs = Path(a.runs) / a.recipe
     rows = []
