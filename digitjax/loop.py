@@ -321,7 +321,7 @@ def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,
     saves where the run is and raises `Stopped`; a diverged loss says whether
     checkpoints are kept."""
     config = run.config
-    start = time.perf_counter()
+    start, first_batch = time.perf_counter(), at.batch
     batches = epoch_batches(run.train_idx, config.batch_size, config.seed, at.epoch + 1)
     try:
         with console.Progress(config.progress, at.epoch + 1, config.num_epochs,
@@ -337,7 +337,7 @@ def _train_one_epoch(run: _Run, train_fn, state: TrainState, at: Position,
         run.save(state, at)
         raise _stopped(run.ckpts, signum, f"step {int(jax.device_get(state.step))} "
                        f"(epoch {at.epoch + 1}, batch {at.batch} of {len(batches)})")
-    record = _epoch_record(state, at, batches, time.perf_counter() - start, writer)
+    record = _epoch_record(state, at, batches, first_batch, time.perf_counter() - start, writer)
     return state, Position(at.epoch), record
 
 
@@ -360,9 +360,9 @@ def _end_epoch(run: _Run, eval_fn, state: TrainState, at: Position, record: dict
     faults.point("metrics_written")
     writer.epoch(record)
     run.save(state, at, score, record.get("val_accuracy"))
-    console.log(console.epoch_line(record, config.num_epochs,
-                                   record["seconds"] * (config.num_epochs - at.epoch), is_best,
-                                   len(run.val_idx)))
+    epoch_images = len(run.train_idx) // config.batch_size * config.batch_size
+    eta = epoch_images / record["images_per_second"] * (config.num_epochs - at.epoch)
+    console.log(console.epoch_line(record, config.num_epochs, eta, is_best, len(run.val_idx)))
 
 
 def _resume(ckpts: Checkpoints, state: TrainState) -> tuple[TrainState, Position, float]:
@@ -378,14 +378,19 @@ def _resume(ckpts: Checkpoints, state: TrainState) -> tuple[TrainState, Position
     return state, at, meta["best_val_accuracy"]
 
 
-def _epoch_record(state: TrainState, at: Position, batches: np.ndarray, seconds: float,
-                  writer: MetricsWriter) -> dict:
-    """metrics.jsonl's line for the epoch just finished at `at` (before validation)."""
+def _epoch_record(state: TrainState, at: Position, batches: np.ndarray, first_batch: int,
+                  seconds: float, writer: MetricsWriter) -> dict:
+    """metrics.jsonl's line for the epoch just finished at `at` (before validation).
+    An epoch resumed at batch `first_batch` ran only `batches[first_batch:]` in this
+    process: `seconds` and images/s are that part's, and `resumed_at_batch` says so."""
     step = int(jax.device_get(state.step))
-    return {"epoch": at.epoch, "step": step, "train_loss": at.sums["loss"] / len(batches),
-            "train_accuracy": at.sums["accuracy"] / len(batches), "seconds": seconds,
-            "images_per_second": batches.size / seconds,
-            "learning_rate": writer.learning_rate(step)}
+    record = {"epoch": at.epoch, "step": step, "train_loss": at.sums["loss"] / len(batches),
+              "train_accuracy": at.sums["accuracy"] / len(batches), "seconds": seconds,
+              "images_per_second": (len(batches) - first_batch) * batches.shape[1] / seconds,
+              "learning_rate": writer.learning_rate(step)}
+    if first_batch:
+        record["resumed_at_batch"] = first_batch
+    return record
 
 
 def _stopped(ckpts: Checkpoints, signum: int, where: str) -> preemption.Stopped:

@@ -56,7 +56,8 @@ def assert_same_as(reference: Path, workdir: Path) -> None:
 
 def timeless_metrics(workdir: Path) -> list[dict]:
     """metrics.jsonl without its wall-clock fields: every loss and accuracy, exactly."""
-    return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}
+    clock = ("seconds", "images_per_second", "resumed_at_batch")
+    return [{k: v for k, v in json.loads(x).items() if k not in clock}
             for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -89,6 +90,12 @@ def test_a_signal_mid_epoch_saves_that_step_and_resumes_bit_identical(
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "at epoch 1, batch 7" in resumed.stdout
     assert_same_as(reference, tmp_path)
+    # Epoch 2's seconds are the resumed part's: its images/s counts batches 8-18 only.
+    epoch2 = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])
+    assert epoch2["resumed_at_batch"] == 7
+    assert epoch2["images_per_second"] == pytest.approx((18 - 7) * 32 / epoch2["seconds"])
+    assert "resumed_at_batch" not in json.loads(
+        (tmp_path / "metrics.jsonl").read_text().splitlines()[0])
 
 
 def damage_truncate(step_dir: Path) -> None:
