@@ -7,7 +7,9 @@
 For each model: training and inference throughput (images/s, median over timed
 repeats after warm-up), the first step's compile time and the process's peak
 memory, for digitjax and, when installed, the same network in PyTorch (CPU, as
-many threads as cores) and Keras 3 (JAX backend). Every measurement runs in its
+many threads as cores) and Keras 3 (JAX backend); `--peers` adds PyTorch with
+channels-last memory format (`torch_channels_last`) and `torch.compile`
+(`torch_compile`). Every measurement runs in its
 own subprocess, frameworks interleaved round by round, so the peers see the same
 machine. Then the data path: pixel CSV ingest cold and cached, image-folder decode
 cold and cached, the TFDS dataset of the same digits decoded into memory and read
@@ -36,7 +38,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 on JAX: no TensorFlow n
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 TRAIN_CSV = DATA / "digit-recognizer" / "train.csv"
-FRAMEWORKS = ("digitjax", "torch", "keras")
+FRAMEWORKS = ("digitjax", "torch", "torch_channels_last", "torch_compile", "keras")
+PEERS = "torch,keras"  # the peers as users run them by default; --peers adds the variants
 BATCH = 128
 WARMUP_STEPS, TIMED_STEPS, REPEATS = 5, 20, 5
 KERAS_MODELS = ("seed", "flax_example", "cnn", "strided_cnn")  # the networks written for Keras
@@ -100,7 +103,10 @@ def worker_digitjax(model: str) -> dict:
             "train_flops_per_image": flops * mesh.size / BATCH, "devices": mesh.size}
 
 
-def worker_torch(model: str) -> dict:
+def worker_torch(model: str, variant: str = "") -> dict:
+    """PyTorch as a user runs it (NCHW, eager); `variant` "channels_last" (NHWC memory
+    format, which oneDNN's CPU convolutions prefer) or "compile" (`torch.compile`, its
+    default inductor backend): the peer's own speed-ups, reported beside its default."""
     import torch
     from torch import nn
 
@@ -166,11 +172,17 @@ def worker_torch(model: str) -> dict:
     x, y = digits()
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, PyTorch's layout
     yt = torch.from_numpy(y).long()
+    forward = net
+    if variant == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    elif variant == "compile":  # compiles at the first call of each mode (train, eval)
+        forward = torch.compile(net)
 
     def step():
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xt.float() / 255.0), yt)
+        loss = loss_fn(forward(xt.float() / 255.0), yt)
         loss.backward()
         opt.step()
 
@@ -179,7 +191,7 @@ def worker_torch(model: str) -> dict:
     def infer():
         net.eval()
         with torch.inference_mode():
-            net(xt.float() / 255.0)
+            forward(xt.float() / 255.0)
 
     _, infer_rate = timed(infer, BATCH)
     return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
@@ -238,6 +250,8 @@ def peak_rss_mb() -> float:
 
 def run_worker(framework: str, model: str) -> None:
     result = {"digitjax": worker_digitjax, "torch": worker_torch,
+              "torch_channels_last": lambda m: worker_torch(m, "channels_last"),
+              "torch_compile": lambda m: worker_torch(m, "compile"),
               "keras": worker_keras}[framework](model)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
@@ -250,7 +264,7 @@ def available(framework: str) -> bool:
     if framework == "digitjax":
         return True
     try:
-        __import__(framework)
+        __import__(framework.split("_")[0])
         return True
     except ImportError:
         return False
@@ -383,6 +397,8 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
     ap.add_argument("--models", default="flax_example,cnn,seed,strided_cnn,kernel_cnn:3,"
                     "kernel_cnn:5,kernel_cnn:7,inception_cnn")
+    ap.add_argument("--peers", default=PEERS,
+                    help=f"peers to time, from {', '.join(FRAMEWORKS[1:])}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-models", action="store_true")
@@ -394,7 +410,12 @@ def main() -> None:
     if a.skip_models:
         a.models = ""
     models = [m for m in a.models.split(",") if m]
-    frameworks = [f for f in FRAMEWORKS if available(f)]
+    unknown = set(a.peers.split(",")) - set(FRAMEWORKS[1:])
+    if unknown:
+        sys.exit(f"--peers: unknown {sorted(unknown)}; expected names from "
+                 f"{', '.join(FRAMEWORKS[1:])}")
+    frameworks = [f for f in FRAMEWORKS
+                  if (f == "digitjax" or f in a.peers.split(",")) and available(f)]
     load = os.getloadavg()[0]  # other work on the machine slows every number here
     peak = matmul_gflops()
     results = {(f, m): [] for f in frameworks for m in models

@@ -71,7 +71,7 @@ def main() -> None:
     first = next(iter(variants))
     right, rows = {}, []
     for name, overrides in variants.items():
-        member = Path(a.runs) / name
+        member = Path(a.runs).resolve() / name  # digitjax.main runs in REPO
         train_folds(a.config, member, a.folds, *a.common.split(), *overrides)
         probs, labels, _ = ensemble.out_of_fold(member)
         right[name] = probs.argmax(1) == labels

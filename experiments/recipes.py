@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--out", default="ensemble",
                     help="ensemble: the table goes to experiments/results/<out>.md")
     a = ap.parse_args()
-    runs = Path(a.runs) / a.recipe
+    runs = Path(a.runs).resolve() / a.recipe  # digitjax.main runs in REPO
     rows = []
     if a.recipe == "seed":
         for seed in range(3):
