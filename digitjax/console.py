@@ -34,7 +34,9 @@ def epoch_line(r: dict, num_epochs: int, eta: float, is_best: bool, val_count: i
         val = f" | val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}{ci}{best}"
     return (f"epoch {r['epoch']:>3}/{num_epochs} | train loss {r['train_loss']:.4f} "
             f"acc {r['train_accuracy']:.4f}{val} | {r['images_per_second']:.0f} img/s | "
-            f"{r['seconds']:.1f}s | eta {clock(eta)}")
+            f"{r['seconds']:.1f}s" + (f" (resumed at batch {r['resumed_at_batch']})"
+                                      if "resumed_at_batch" in r else "")
+            + f" | eta {clock(eta)}")
 
 
 class Progress:

@@ -4,7 +4,8 @@ Written with tensorboardX, which needs no TensorFlow. Every scalar is logged aga
 optimizer step, so per-epoch and per-step curves share one x axis:
 
 - `epoch/<field>`: every number of the epoch's metrics.jsonl record (train/val loss and
-  accuracy, learning rate, images per second, seconds);
+  accuracy, learning rate, images per second, seconds; not `resumed_at_batch`, a
+  position, not a measurement);
 - `steps/train_loss`, `steps/train_accuracy`, `steps/learning_rate`: the mean over each
   stretch of steps the loop fetches together (every `loop.FETCH_EVERY` steps);
 - the config and the model summary as text.
@@ -107,7 +108,8 @@ class MetricsWriter:
         closed, all of it on disk."""
         if w := self._open():
             for name, value in record.items():
-                if name not in ("epoch", "step") and isinstance(value, int | float):
+                if (name not in ("epoch", "step", "resumed_at_batch")
+                        and isinstance(value, int | float)):
                     w.add_scalar(f"epoch/{name}", value, record["step"])
         self.close()
         self._start_step = record["step"]

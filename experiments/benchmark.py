@@ -172,12 +172,11 @@ def worker_torch(model: str, variant: str = "") -> dict:
     x, y = digits()
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, PyTorch's layout
     yt = torch.from_numpy(y).long()
-    forward = net
-    if variant == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
+    if variant == "channels_last":  # Module.to converts the parameters in place
+        net.to(memory_format=torch.channels_last)
         xt = xt.contiguous(memory_format=torch.channels_last)
-    elif variant == "compile":  # compiles at the first call of each mode (train, eval)
-        forward = torch.compile(net)
+    # torch.compile compiles at the first call of each mode (train, eval)
+    forward = torch.compile(net) if variant == "compile" else net
 
     def step():
         net.train()
@@ -410,12 +409,15 @@ def main() -> None:
     if a.skip_models:
         a.models = ""
     models = [m for m in a.models.split(",") if m]
-    unknown = set(a.peers.split(",")) - set(FRAMEWORKS[1:])
+    peers = [p for p in a.peers.split(",") if p]  # --peers "": digitjax alone
+    unknown = set(peers) - set(FRAMEWORKS[1:])
     if unknown:
         sys.exit(f"--peers: unknown {sorted(unknown)}; expected names from "
                  f"{', '.join(FRAMEWORKS[1:])}")
-    frameworks = [f for f in FRAMEWORKS
-                  if (f == "digitjax" or f in a.peers.split(",")) and available(f)]
+    for p in peers:
+        if not available(p):
+            print(f"--peers: {p} is not installed (pip install -e '.[bench]'); left out")
+    frameworks = [f for f in FRAMEWORKS if f == "digitjax" or (f in peers and available(f))]
     load = os.getloadavg()[0]  # other work on the machine slows every number here
     peak = matmul_gflops()
     results = {(f, m): [] for f in frameworks for m in models

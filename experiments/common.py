@@ -71,13 +71,12 @@ def run_main(*args: str) -> float:
 def train_folds(config: str, member: Path, folds: int, *overrides: str) -> float:
     """Trains `config` on each of the k folds of `config.num_folds` into member/fold<i>;
     each fold's last checkpoint predicts its held-out rows (nothing chosen on them), so
-    the folds together predict every training row once, out of fold. A fold whose
-    predictions exist is not trained again. Returns the wall seconds spent."""
+    the folds together predict every training row once, out of fold. A fold run before
+    with the same config resumes or says it is trained (seconds); with another config,
+    digitjax.main refuses its workdir and this exits. Returns the wall seconds spent."""
     wall = 0.0
     for fold in range(folds):
         workdir = Path(member) / f"fold{fold}"
-        if (workdir / "val_probs.npy").exists():
-            continue
         wall += run_main("--config", config, f"--workdir={workdir}",
                          f"--config.data_dir={DATA / 'digit-recognizer'}",
                          f"--config.num_folds={folds}", f"--config.fold={fold}",

@@ -20,6 +20,7 @@ import pytest
 from digitjax import checkpoint, loop
 from digitjax.configs import seed
 from tests.conftest import REPO
+from tests.test_report import events
 
 # The seed model, 2 epochs of 18 steps (577 training rows, batch 32).
 FLAGS = ["--config", "configs/seed.py", "--config.num_epochs=2", "--config.progress=false"]
@@ -92,10 +93,12 @@ def test_a_signal_mid_epoch_saves_that_step_and_resumes_bit_identical(
     assert_same_as(reference, tmp_path)
     # Epoch 2's seconds are the resumed part's: its images/s counts batches 8-18 only.
     epoch2 = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])
-    assert epoch2["resumed_at_batch"] == 7
+    assert epoch2["resumed_at_batch"] == 7 and "(resumed at batch 7)" in resumed.stdout
     assert epoch2["images_per_second"] == pytest.approx((18 - 7) * 32 / epoch2["seconds"])
     assert "resumed_at_batch" not in json.loads(
         (tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    tags = events(tmp_path).Tags()["scalars"]  # a position, not a TensorBoard curve
+    assert "epoch/images_per_second" in tags and "epoch/resumed_at_batch" not in tags
 
 
 def damage_truncate(step_dir: Path) -> None:
