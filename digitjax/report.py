@@ -74,6 +74,8 @@ class Run:
         last = self.history[-1]
         model = self.info.get("model", {})
         seconds = sum(r["seconds"] for r in self.history)
+        images = sum(r["images_per_second"] * r["seconds"] for r in self.history)
+        resumed = sum("resumed_at_batch" in r for r in self.history)
         rows = {
             "model": self.config.get("model", "?"),
             "epochs": f"{last['epoch']} of {self.config.get('num_epochs', '?')}",
@@ -82,8 +84,10 @@ class Run:
             "final validation accuracy": (f"{last['val_accuracy']:.4%}"
                                           if "val_accuracy" in last else "-"),
             "final train accuracy": f"{last['train_accuracy']:.4%}",
-            "training time": _duration(seconds),
-            "images/s (mean)": f"{_mean(r['images_per_second'] for r in self.history):,.0f}",
+            "training time": _duration(seconds) + (
+                f" ({resumed} epoch{'s' * (resumed > 1)} resumed mid-way: counted from the "
+                "resume)" if resumed else ""),
+            "images/s (mean)": f"{images / seconds:,.0f}" if seconds else "-",
         }
         if model:
             rows["parameters"] = f"{model['parameters']:,}"
@@ -187,11 +191,6 @@ def _figures(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[di
         made = {plots.LEARNING_CURVES: plots.learning_curves(read_metrics(workdir))}
         return {n: _data_uri(png) for n, png in made.items()}, f"Some plots are missing: {e}"
     return {n: _data_uri(png) for n, png in made.items()}, ""
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def _data_uri(png: bytes) -> str:
@@ -329,7 +328,9 @@ finished.</p>{% endif %}
 <th>train loss</th><th>train acc</th><th>val loss</th><th>val acc</th></tr>
 {% for r in run.history %}
 <tr><td class="num">{{ r.epoch }}</td><td class="num">{{ r.step }}</td>
-<td class="num">{{ "%.1f" % r.seconds }}</td><td class="num">{{ "%.0f" % r.images_per_second }}</td>
+<td class="num">{{ "%.1f" % r.seconds }}{% if r.resumed_at_batch is defined %}
+ (from batch {{ r.resumed_at_batch }}){% endif %}</td>
+<td class="num">{{ "%.0f" % r.images_per_second }}</td>
 <td class="num">{{ r.learning_rate | fmt if r.learning_rate is defined else "-" }}</td>
 <td class="num">{{ "%.4f" % r.train_loss }}</td><td class="num">{{ "%.4f" % r.train_accuracy }}</td>
 <td class="num">{{ "%.4f" % r.val_loss if r.val_loss is defined else "-" }}</td>

@@ -97,6 +97,8 @@ def test_a_signal_mid_epoch_saves_that_step_and_resumes_bit_identical(
     assert epoch2["images_per_second"] == pytest.approx((18 - 7) * 32 / epoch2["seconds"])
     assert "resumed_at_batch" not in json.loads(
         (tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    report = (tmp_path / "report.html").read_text()
+    assert "(from batch 7)" in report and "1 epoch resumed mid-way" in report
     tags = events(tmp_path).Tags()["scalars"]  # a position, not a TensorBoard curve
     assert "epoch/images_per_second" in tags and "epoch/resumed_at_batch" not in tags
 
