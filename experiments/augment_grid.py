@@ -14,7 +14,7 @@ import importlib.util
 
 import jax
 import numpy as np
-from common import DATA, REPO
+from common import DIGITS, REPO
 from PIL import Image
 
 from digitjax import augment, transforms
@@ -37,7 +37,7 @@ def main() -> None:
     for item in a.set:
         field, value = item.split("=", 1)
         aug[field] = float(value)
-    table = read_pixel_csv(DATA / "digit-recognizer" / "train.csv")
+    table = read_pixel_csv(DIGITS / "train.csv")
     images = transforms.scale(table.pixels[: a.cols].reshape(-1, 28, 28, 1))
     rows = [images]
     for step in range(1, a.rows):

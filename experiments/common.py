@@ -13,6 +13,7 @@ import ml_collections
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+DIGITS = DATA / "digit-recognizer"  # the competition's train.csv and test.csv
 
 
 def step_config(model: str, batch_size: int = 128) -> ml_collections.ConfigDict:
@@ -78,7 +79,7 @@ def train_folds(config: str, member: Path, folds: int, *overrides: str) -> float
     for fold in range(folds):
         workdir = Path(member) / f"fold{fold}"
         wall += run_main("--config", config, f"--workdir={workdir}",
-                         f"--config.data_dir={DATA / 'digit-recognizer'}",
+                         f"--config.data_dir={DIGITS}",
                          f"--config.num_folds={folds}", f"--config.fold={fold}",
                          "--config.predict_checkpoint=last", "--config.plots=false",
                          "--config.progress=false", *overrides)

@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import DATA, REPO, markdown_table, metrics, run_main, write_results
+from common import DATA, DIGITS, REPO, markdown_table, metrics, run_main, write_results
 
-ROADS = [("pixel CSV", "configs/default.py", lambda png: DATA / "digit-recognizer"),
+ROADS = [("pixel CSV", "configs/default.py", lambda png: DIGITS),
          ("PNG class folders", "configs/mnist_png.py", lambda png: png / "train")]
 
 

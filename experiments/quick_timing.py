@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, REPO, write_results
+from common import DIGITS, REPO, write_results
 
 PHASES = ["start-up + ingest", "epoch 1 (compile included)", "epochs 2..", "validation report",
           "test predictions to submission.csv", "after submission.csv (exit)"]
@@ -29,7 +29,7 @@ PHASES = ["start-up + ingest", "epoch 1 (compile included)", "epochs 2..", "vali
 
 def timed_run(workdir: Path, cache: Path) -> dict:
     cmd = [sys.executable, "-u", "-m", "digitjax.main", "--config", "configs/quick.py",
-           f"--workdir={workdir}", f"--config.data_dir={DATA / 'digit-recognizer'}",
+           f"--workdir={workdir}", f"--config.data_dir={DIGITS}",
            f"--config.compilation_cache_dir={cache}", "--config.progress=false"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)

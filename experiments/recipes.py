@@ -27,9 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import DATA, REPO, markdown_table, run_main, summary, train_folds, write_results
+from common import DIGITS, REPO, markdown_table, run_main, summary, train_folds, write_results
 
-DIGITS = DATA / "digit-recognizer"
 COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
 # Ensemble members by name: a config and its arguments (configs/<file>.py[:arg]).
 MEMBERS = {"strided": "configs/best.py", "kernel3": "configs/kernel_cnn.py:3",

@@ -19,7 +19,7 @@ import math
 import os
 
 import pandas as pd
-from common import DATA, REPO, markdown_table, metrics, run_main, summary, write_results
+from common import DATA, DIGITS, REPO, markdown_table, metrics, run_main, summary, write_results
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -37,10 +37,10 @@ def main() -> None:
     rows, commands = [], []
     for name, flags in [
         ("pixel CSV", ["--config", "configs/default.py",
-                       f"--config.data_dir={DATA / 'digit-recognizer'}"]),
+                       f"--config.data_dir={DIGITS}"]),
         ("TFDS (array_record, PNG)", ["--config", "configs/tfds_digits.py",
                                       f"--config.tfds_data_dir={DATA / 'tfds'}",
-                                      f"--config.data_dir={DATA / 'digit-recognizer'}"]),
+                                      f"--config.data_dir={DIGITS}"]),
     ]:
         workdir = f"{a.runs}/{flags[1].split('/')[-1][:-3]}"
         args = [*flags, f"--workdir={workdir}", f"--config.num_epochs={a.epochs}",
