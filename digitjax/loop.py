@@ -36,7 +36,7 @@ from digitjax import workdir as runs
 from digitjax.checkpoint import Checkpoints
 from digitjax.config_checks import check_config, check_model
 from digitjax.data import Dataset, describe, embedded, load_train
-from digitjax.data.sampling import epoch_batches, padded_batches, train_val_rows
+from digitjax.data.sampling import epoch_batches, padded_batches, steps_per_epoch, train_val_rows
 from digitjax.errors import TrainingDiverged, UserError
 from digitjax.metrics_writer import MetricsWriter
 from digitjax.train import (
@@ -200,8 +200,8 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     data = load_train(config, runs.cache_dir(workdir))
     faults.point("data_loaded")
     train_idx, val_idx = train_val_rows(data.labels, config)
-    steps_per_epoch = len(train_idx) // config.batch_size
-    if steps_per_epoch == 0:
+    steps = steps_per_epoch(len(train_idx), config.batch_size)
+    if steps == 0:
         raise UserError(f"config.batch_size: expected at most the {len(train_idx)} training "
                         f"rows of {data.source}, got {config.batch_size}")
     console.log(f"data: {data.source}: {len(data.images)} images {data.image_shape}, "
@@ -221,7 +221,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
                                       if jax.process_count() > 1 else ""))
     state = parallel.init_state(
         lambda: create_train_state(config, jax.random.key(config.seed), data.image_shape,
-                                   len(data.class_names), steps_per_epoch),
+                                   len(data.class_names), steps),
         mesh, config.shard_params)
     # Locked from the first write on: bad data or settings, found above, leave no trace.
     with runs.lock(workdir):
@@ -274,8 +274,8 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
     train_fn = make_train_fn(config, run.norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(run.norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
-    writer = MetricsWriter(workdir, learning_rate_schedule(config, len(run.train_idx)
-                                                           // config.batch_size),
+    steps = steps_per_epoch(len(run.train_idx), config.batch_size)
+    writer = MetricsWriter(workdir, learning_rate_schedule(config, steps),
                            start_step=int(jax.device_get(state.step)))
     if at.epoch < last_epoch:
         compiled = compile_cache.compile_ahead(train_fn, state, *_batch_layout(run))
@@ -360,7 +360,7 @@ def _end_epoch(run: _Run, eval_fn, state: TrainState, at: Position, record: dict
     faults.point("metrics_written")
     writer.epoch(record)
     run.save(state, at, score, record.get("val_accuracy"))
-    epoch_images = len(run.train_idx) // config.batch_size * config.batch_size
+    epoch_images = steps_per_epoch(len(run.train_idx), config.batch_size) * config.batch_size
     eta = epoch_images / record["images_per_second"] * (config.num_epochs - at.epoch)
     console.log(console.epoch_line(record, config.num_epochs, eta, is_best, len(run.val_idx)))
 

@@ -72,10 +72,15 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(indices)
 
 
+def steps_per_epoch(num_rows: int, batch_size: int) -> int:
+    """Full batches in an epoch of `num_rows`: the incomplete tail is dropped."""
+    return num_rows // batch_size
+
+
 def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """(steps, batch_size) global batches of one epoch; the incomplete tail is dropped."""
+    """(steps, batch_size) global batches of one epoch (`steps_per_epoch` of them)."""
     order = epoch_order(indices, seed, epoch)
-    steps = len(order) // batch_size
+    steps = steps_per_epoch(len(order), batch_size)
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
