@@ -56,11 +56,18 @@ def assert_same_params(workdir, single):
     params, meta = final_params(workdir)
     expected, expected_meta = single
     assert meta["epoch"] == expected_meta["epoch"] == 2
-    # Float tolerance: all-reduces sum in another order, and Adam's m/sqrt(v) turns
-    # such last-bit differences of near-zero gradients into ~1e-6 weight differences
-    # (one Adam step here is 1e-3).
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+    # Float tolerance: the all-reduces sum in another order. Such last-bit differences
+    # can flip a ReLU where a pre-activation sits at zero (on a background pixel it is
+    # the bias alone, and biases start at zero), and Adam's m/sqrt(v) turns near-zero
+    # gradients into whole steps, so a few weights may move further (CI on an AVX-512
+    # host: 1 of 216,320 by 2.6e-5). Allow 1 in 10,000 outside rtol 2e-4 / atol 1e-5 and
+    # none beyond 2 Adam steps (2e-3): a wrong gradient mean, data order or random draw
+    # moves most weights.
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (params, expected))
+    assert a.shape == b.shape
+    far = int(np.sum(~np.isclose(a, b, rtol=2e-4, atol=1e-5)))
+    assert far <= a.size // 10_000, f"{far} of {a.size} weights differ"
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize("flags", [[], ["--config.shard_params=true"]])
