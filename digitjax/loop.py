@@ -227,8 +227,8 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     with runs.lock(workdir):
         ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
         try:
-            return _epochs(_Run(config, workdir, data, train_idx, val_idx, norm, mesh, ckpts,
-                                stop), state, stop_after_epoch)
+            return _epochs(_Run(config, workdir, data, train_idx, val_idx, steps, norm, mesh,
+                                ckpts, stop), state, stop_after_epoch)
         finally:
             ckpts.close()  # waits for the saves in flight: a stop or an error keeps them
 
@@ -243,6 +243,7 @@ class _Run:
     data: Dataset
     train_idx: np.ndarray
     val_idx: np.ndarray
+    steps: int  # per epoch: sampling.steps_per_epoch of the training rows
     norm: dict | None
     mesh: Mesh
     ckpts: Checkpoints
@@ -274,8 +275,7 @@ def _epochs(run: _Run, state: TrainState, stop_after_epoch: int) -> dict:
     train_fn = make_train_fn(config, run.norm, jax.tree.map(lambda x: x.sharding, state))
     eval_fn = make_eval_fn(run.norm)
     last_epoch = min(config.num_epochs, stop_after_epoch or config.num_epochs)
-    steps = steps_per_epoch(len(run.train_idx), config.batch_size)
-    writer = MetricsWriter(workdir, learning_rate_schedule(config, steps),
+    writer = MetricsWriter(workdir, learning_rate_schedule(config, run.steps),
                            start_step=int(jax.device_get(state.step)))
     if at.epoch < last_epoch:
         compiled = compile_cache.compile_ahead(train_fn, state, *_batch_layout(run))
@@ -360,8 +360,8 @@ def _end_epoch(run: _Run, eval_fn, state: TrainState, at: Position, record: dict
     faults.point("metrics_written")
     writer.epoch(record)
     run.save(state, at, score, record.get("val_accuracy"))
-    epoch_images = steps_per_epoch(len(run.train_idx), config.batch_size) * config.batch_size
-    eta = epoch_images / record["images_per_second"] * (config.num_epochs - at.epoch)
+    epochs_left = config.num_epochs - at.epoch
+    eta = run.steps * config.batch_size / record["images_per_second"] * epochs_left
     console.log(console.epoch_line(record, config.num_epochs, eta, is_best, len(run.val_idx)))
 
 
