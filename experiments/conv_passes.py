@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--kernel", type=int, default=5, choices=(3, 5, 7))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="the results file (default: "
+                    "experiments/results/conv_passes_<model>.md)")
     a = ap.parse_args()
     spec = layers(a.model, a.kernel)
     runs = {"digitjax": [], "torch": []}
@@ -138,12 +140,14 @@ def main() -> None:
     print(text)
     name = f"k{a.kernel}" if a.model == "kernel_cnn" else a.model
     title = f"kernel_cnn:{a.kernel}" if a.model == "kernel_cnn" else a.model
-    out = REPO / "experiments" / "results" / f"conv_passes_{name}.md"
+    out = a.out or REPO / "experiments" / "results" / f"conv_passes_{name}.md"
+    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
+                .splitlines() if x.startswith("model name")), "unknown CPU")
     out.write_text(f"# Convolution passes, {title}, batch {a.batch}\n\n"
                    f"Reproduce: `python experiments/conv_passes.py --model {a.model} "
                    f"--kernel {a.kernel} "
                    f"--batch {a.batch} --rounds {a.rounds}` (1 XLA device; PyTorch "
-                   f"{os.cpu_count()} threads)\n\n" + text)
+                   f"{os.cpu_count()} threads; {cpu})\n\n" + text)
 
 
 if __name__ == "__main__":
