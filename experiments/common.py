@@ -16,6 +16,13 @@ DATA = REPO.parent / "shared" / "data"
 DIGITS = DATA / "digit-recognizer"  # the competition's train.csv and test.csv
 
 
+def cpu_name() -> str:
+    """The CPU model, for a results header: timings from two hosts are not comparable."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")),
+                "unknown CPU")
+
+
 def step_config(model: str, batch_size: int = 128) -> ml_collections.ConfigDict:
     """The config the speed scripts time `model` under: its shipped config ("seed":
     configs/seed.py, "strided_cnn": configs/best.py, "kernel_cnn:K" and

@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, cpu_name
+
 PASSES = ("forward", "input grad", "weight grad")
 
 JAX_WORKER = r'''
@@ -141,8 +142,7 @@ def main() -> None:
     name = f"k{a.kernel}" if a.model == "kernel_cnn" else a.model
     title = f"kernel_cnn:{a.kernel}" if a.model == "kernel_cnn" else a.model
     out = a.out or REPO / "experiments" / "results" / f"conv_passes_{name}.md"
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
-                .splitlines() if x.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     out.write_text(f"# Convolution passes, {title}, batch {a.batch}\n\n"
                    f"Reproduce: `python experiments/conv_passes.py --model {a.model} "
                    f"--kernel {a.kernel} "
