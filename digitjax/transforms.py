@@ -23,6 +23,12 @@ def infer_image_shape(
         shape = (image_size, image_size, channels)
     elif image_size:
         shape = (image_size, image_size, num_pixels // (image_size * image_size) or 1)
+        if shape[2] not in (1, 3) and math.prod(shape) == num_pixels:
+            raise UserError(
+                f"{source}: config.image_size={image_size} makes its {num_pixels} pixel "
+                f"columns {shape[2]} channels per pixel; expected 1 (grayscale) or 3 (RGB) "
+                "(set config.channels to mean it)"
+            )
     else:
         for c in ([channels] if channels else [1, 3]):
             side = math.isqrt(num_pixels // c)

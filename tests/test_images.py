@@ -2,6 +2,7 @@
 and the class-name mapping from training through prediction."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,15 @@ def test_empty_class_folder(tmp_path):
     assert classes == ["cat", "dog"] and "skipped 1 empty class folders" in messages[0]
 
 
+def test_one_class_folder_is_refused(tmp_path):
+    root = make_class_folders(tmp_path / "train")
+    shutil.rmtree(root / "dog")
+    with pytest.raises(UserError, match=r"train: expected images of at least 2 classes to "
+                                        r"classify, found 1 \('cat'\)"):
+        data.load_train(config_for(root, data_format="class_folders"), tmp_path / "cache")
+    assert images.list_class_folders(root)[2] == ["cat"]  # evaluating one class is fine
+
+
 def test_corrupt_file_is_named_or_skipped(tmp_path):
     root = make_class_folders(tmp_path / "train")
     (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -154,6 +164,12 @@ def test_labels_csv_with_and_without_extensions(tmp_path):
     ("id,label\na1,x\na2,x\nb1,y\nb2,y\nzz,y\n", r"labels.csv, line 6: no image 'zz'"),
     ("id,label\na1,x\na2,x\nb1,y\n", r"train/b2.jpg: has no label in .*labels.csv"),
     ("name,label\na1,x\n", r"labels.csv: no column 'id' \(set config.id_column"),
+    ("id,label\na1,x\na2,\nb1,y\nb2,y\n",
+     r"labels.csv, line 3, column 'label': expected a label, got an empty cell"),
+    ("id,label\na1,x\na2,x\nb1,y\nb2,y\na1.jpg,y\n",
+     r"labels.csv, line 6: image 'a1.jpg' is listed again \(first on line 2\)"),
+    ("id,label\na1,x\na2,x\nb1,x\nb2,x\n",
+     r"labels.csv: expected images of at least 2 classes to classify, found 1 \('x'\)"),
 ])
 def test_labels_csv_mismatches(tmp_path, rows, message):
     root = labels_csv_layout(tmp_path)

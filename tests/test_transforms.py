@@ -19,6 +19,13 @@ def test_infer_image_shape_rejects(kwargs):
         transforms.infer_image_shape(**kwargs, source="x.csv")
 
 
+def test_an_image_size_that_makes_other_than_1_or_3_channels_is_refused():
+    with pytest.raises(UserError, match=r"x.csv: config.image_size=7 makes its 784 pixel "
+                                        r"columns 16 channels per pixel; expected 1"):
+        transforms.infer_image_shape(784, image_size=7, source="x.csv")
+    assert transforms.infer_image_shape(784, image_size=7, channels=16) == (7, 7, 16)
+
+
 def test_reshape_is_row_major():
     flat = np.arange(2 * 6, dtype=np.uint8).reshape(2, 6)
     out = transforms.reshape_images(flat, (2, 3, 1))

@@ -89,6 +89,15 @@ def load_test(config: ml_collections.ConfigDict, shape, cache_dir,
     return load_inputs(test, config, shape, cache_dir, columns)
 
 
+def check_test(config: ml_collections.ConfigDict, shape, cache_dir,
+               columns: list[str] | None = None) -> None:
+    """Reads the test split before training, so that a bad test file stops the run
+    before the epochs instead of after them; its parse or decode is cached for the
+    prediction at the end. A TFDS test split was opened by `load_train` already."""
+    if not (config.data_format == "tfds" and config.tfds_test_split):
+        load_test(config, shape, cache_dir, columns)
+
+
 def load_inputs(path, config: ml_collections.ConfigDict, shape, cache_dir=None,
                 columns: list[str] | None = None) -> Dataset:
     """Images to predict at `path`: a folder of image files, one image file or a pixel
@@ -207,11 +216,13 @@ def _load_image_files(config, cache_dir) -> Dataset:
     settings = _decode_settings(config)
     if config.data_format == "class_folders":
         paths, labels, classes = images.list_class_folders(root, config.skip_bad_files)
+        images.need_two_classes(classes, root)
         source = f"{root} (class folders)"
     else:
         paths, labels, classes, skipped = images.list_labels_csv(
             root / config.labels_file, root / config.image_dir, config.id_column or "id",
             config.label_column, config.skip_bad_files)
+        images.need_two_classes(classes, root / config.labels_file)
         if skipped:
             console.log(f"skipped {skipped} unmatched rows/files (config.skip_bad_files)")
         source = f"{root / config.labels_file} + {root / config.image_dir}"

@@ -87,9 +87,12 @@ def list_labels_csv(labels_file: Path, image_dir: Path, id_column: str, label_co
                             f"columns are {', '.join(table.columns)})")
     on_disk = {p.name: p for p in image_dir.iterdir() if p.is_file() and is_image(p)}
     by_stem = {p.stem: p for p in on_disk.values()}
-    paths, names, skipped, used = [], [], 0, set()
+    paths, names, skipped, used = [], [], 0, {}
     for row, (ident, label) in enumerate(zip(table[id_column], table[label_column],
                                              strict=True)):
+        if not label.strip():
+            raise UserError(f"{labels_file}, line {row + 2}, column '{label_column}': "
+                            "expected a label, got an empty cell")
         path = on_disk.get(ident) or by_stem.get(ident)
         if path is None:
             if skip_bad_files:
@@ -97,10 +100,13 @@ def list_labels_csv(labels_file: Path, image_dir: Path, id_column: str, label_co
                 continue
             raise UserError(f"{labels_file}, line {row + 2}: no image '{ident}' in {image_dir} "
                             "(or set config.skip_bad_files=True)")
+        if path.name in used:
+            raise UserError(f"{labels_file}, line {row + 2}: image '{ident}' is listed again "
+                            f"(first on line {used[path.name]}); expected one label per image")
         paths.append(path)
         names.append(label)
-        used.add(path.name)
-    unlabelled = sorted(set(on_disk) - used)
+        used[path.name] = row + 2
+    unlabelled = sorted(set(on_disk) - used.keys())
     if unlabelled and not skip_bad_files:
         raise UserError(f"{image_dir / unlabelled[0]}: has no label in {labels_file} "
                         f"({len(unlabelled)} such files; or set config.skip_bad_files=True)")
@@ -108,6 +114,13 @@ def list_labels_csv(labels_file: Path, image_dir: Path, id_column: str, label_co
     classes = sorted(set(names), key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
     index = {c: i for i, c in enumerate(classes)}
     return paths, [index[n] for n in names], classes, skipped
+
+
+def need_two_classes(classes: list[str], where: Path) -> None:
+    """Training needs two classes at least (evaluating images of one class is fine)."""
+    if len(classes) < 2:
+        raise UserError(f"{where}: expected images of at least 2 classes to classify, found "
+                        f"{len(classes)} ({', '.join(map(repr, classes))})")
 
 
 def list_unlabelled(folder: Path) -> list[Path]:
