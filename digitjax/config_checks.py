@@ -44,6 +44,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.eval_batch_size % n == 0, "eval_batch_size", f"a multiple of the {n} devices")
     need(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
     need(config.tfds_in_memory_mb >= 0, "tfds_in_memory_mb", "a number of MB >= 0")
+    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+         "an integer >= 0 (0: at epoch ends only)")
+    need(config.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
+    need(not isinstance(config.tta_shifts, str) and all(
+        not isinstance(s, str) and len(_items(s)) == 2 and all(_is_int(d) for d in _items(s))
+        for s in _items(config.tta_shifts)), "tta_shifts",
+        "(dy, dx) pairs of integer pixel shifts, e.g. ((0, 0), (1, 0), (-1, 0))")
     for field in ("rotation_deg", "zoom", "shift", "shear_deg", "elastic_alpha"):
         need(config.augment[field] >= 0, f"augment.{field}", "a number >= 0")
     need(config.augment.zoom < 1, "augment.zoom", "a number < 1 (scale in 1 +- zoom)")
@@ -53,12 +60,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         need(0 <= kwargs["dropout"] < 1, f"{config.model}.dropout", "a number in [0, 1)")
     if "features" in kwargs:
         features = kwargs["features"]
-        need(len(features) >= 1 and all(int(f) >= 1 for f in features),
+        need(not isinstance(features, str) and len(features) >= 1
+             and all(_is_int(f) and int(f) >= 1 for f in features),
              f"{config.model}.features", "one or more channel counts >= 1")
     for field in ("kernel_size", "blocks_per_stage", "convs_per_stage"):
         if field in kwargs:
             need(kwargs[field] >= 1, f"{config.model}.{field}", "an integer >= 1")
     create_optimizer(config, 1)  # names a bad optimizer, schedule or their kwargs
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _items(value) -> list:
+    """The elements of a sequence; a non-sequence as one element, for the check to refuse."""
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def check_model(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],

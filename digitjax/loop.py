@@ -35,7 +35,7 @@ from digitjax import (
 from digitjax import workdir as runs
 from digitjax.checkpoint import Checkpoints
 from digitjax.config_checks import check_config, check_model
-from digitjax.data import Dataset, describe, embedded, load_train
+from digitjax.data import Dataset, check_test, describe, embedded, load_train
 from digitjax.data.sampling import epoch_batches, padded_batches, steps_per_epoch, train_val_rows
 from digitjax.errors import TrainingDiverged, UserError
 from digitjax.metrics_writer import MetricsWriter
@@ -201,6 +201,10 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
     faults.point("data_loaded")
     train_idx, val_idx = train_val_rows(data.labels, config)
     steps = steps_per_epoch(len(train_idx), config.batch_size)
+    if len(train_idx) == 0:
+        fields = "config.num_folds/fold" if config.num_folds else "config.val_fraction"
+        raise UserError(f"{fields}: expected settings that leave training rows; these hold "
+                        f"out all {len(data.labels)} rows of {data.source}")
     if steps == 0:
         raise UserError(f"config.batch_size: expected at most the {len(train_idx)} training "
                         f"rows of {data.source}, got {config.batch_size}")
@@ -210,6 +214,7 @@ def _train(config, workdir: epath.Path, stop_after_epoch: int, stop) -> dict:
         console.log("note: no config.data_dir given, so this runs on the embedded 5,000 "
                     "digits; for the competition add --config.data_dir=path/to/digit-recognizer")
     check_model(config, data.image_shape, len(data.class_names))
+    check_test(config, data.image_shape, runs.cache_dir(workdir), data.columns)
     norm = None
     if config.normalization == "standardize":
         mean, std = transforms.channel_stats(data.images, train_idx)
@@ -373,8 +378,10 @@ def _resume(ckpts: Checkpoints, state: TrainState) -> tuple[TrainState, Position
     state, meta = restored
     at = Position(meta["epoch"], meta.get("batch", 0),
                   meta.get("sums", {"loss": 0.0, "accuracy": 0.0}))
-    console.log(f"resumed from {ckpts.directory / str(meta['step'])} at epoch {at.epoch}"
-                + (f", batch {at.batch}" if at.batch else ""))
+    # epochs counted from 1, as the epoch lines and the stop message count them
+    console.log(f"resumed from {ckpts.directory / str(meta['step'])} "
+                + (f"in epoch {at.epoch + 1}, after batch {at.batch}" if at.batch
+                   else f"after epoch {at.epoch}"))
     return state, at, meta["best_val_accuracy"]
 
 

@@ -72,6 +72,8 @@ def run(argv: list[str]) -> None:
                             ) from None
     conv.enabled_tricks()  # a bad DIGITJAX_CPU_CONV_TRICKS stops here, not in a model's trace
     workdir = workdir_path(_WORKDIR.value or str(Path("runs") / Path(config_path or "").stem))
+    if _OUTPUT_DIR.value:
+        _need_folder(epath.Path(_OUTPUT_DIR.value), "--output_dir")
     parallel.set_cpu_devices(config.get("cpu_devices", 0))
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     compile_cache.enable(config.get("compilation_cache_dir", ""))
@@ -118,11 +120,18 @@ def workdir_path(value: str) -> epath.Path:
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise UserError(f"--workdir: cannot reach '{value}' ({reason}); gs:// needs "
                             "gcsfs (pip install gcsfs) and credentials") from None
+    _need_folder(workdir, "--workdir")
     return workdir
 
 
+def _need_folder(path: epath.Path, flag: str) -> None:
+    """Refuses a path that exists as a file where a folder will be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag}: expected a folder (or a new path), got the file '{path}'")
+
+
 WRITE_FAILURES = ("No space left on device", "Read-only file system", "Permission denied",
-                  "Disk quota exceeded")
+                  "Disk quota exceeded", "Operation not permitted", "Not a directory")
 
 
 def write_failure(e: BaseException) -> str | None:

@@ -185,6 +185,66 @@ def test_bad_config_fails_cleanly_and_damages_nothing(trained_workdir, flag, fra
     assert snapshot(trained_workdir) == before
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("cnn.features", ("abc",), "config.cnn.features: expected one or more channel counts"),
+    ("cnn.features", (32, 0), "config.cnn.features: expected one or more channel counts"),
+    ("tta_shifts", ((1,),), "config.tta_shifts: expected (dy, dx) pairs"),
+    ("tta_shifts", (1, 2), "config.tta_shifts: expected (dy, dx) pairs"),
+    ("checkpoint_every_steps", -5, "config.checkpoint_every_steps: expected an integer >= 0"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints: expected an integer >= 1"),
+])
+def test_check_config_refuses_values_no_run_could_use(field, value, message):
+    """Values as `--config.FIELD=...` parses them, which ml_collections' own type check
+    lets through (`--config.cnn.features=abc` becomes the 1-tuple ('abc',))."""
+    from digitjax.config_checks import check_config
+    from digitjax.configs import default
+    from digitjax.errors import UserError
+
+    config = default.get_config()
+    *parents, name = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[name] = value
+    with pytest.raises(UserError) as raised:
+        check_config(config)
+    assert str(raised.value).startswith(message), raised.value
+    config = default.get_config()
+    config.tta_shifts = ((0, 0), (1, -1))
+    check_config(config)  # well-formed shifts pass
+
+
+def test_a_workdir_or_output_dir_that_is_a_file_is_refused(tmp_path, digits_dir):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    proc = run_main("--config", "configs/seed.py", f"--workdir={afile}",
+                    f"--config.data_dir={digits_dir}")
+    assert_clean_failure(proc, f"--workdir: expected a folder (or a new path), got the file "
+                               f"'{afile}'")
+    proc = run_main("--config", "configs/seed.py", f"--workdir={tmp_path / 'run'}",
+                    "--mode=predict", f"--input={digits_dir / 'test.csv'}",
+                    f"--output_dir={afile}")
+    assert_clean_failure(proc, "--output_dir: expected a folder (or a new path), got the file")
+    assert afile.read_text() == "mine"
+
+
+def test_a_bad_test_file_stops_the_run_before_the_first_epoch(tmp_path, digits_dir):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train.csv").write_bytes((digits_dir / "train.csv").read_bytes())
+    lines = (digits_dir / "test.csv").read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[4] = "x"
+    lines[3] = ",".join(cells)
+    (data_dir / "test.csv").write_text("\n".join(lines) + "\n")
+    proc = run_main("--config", "configs/seed.py", f"--workdir={tmp_path / 'run'}",
+                    f"--config.data_dir={data_dir}", "--config.val_fraction=0.2")
+    assert_clean_failure(proc, "test.csv, line 4, column 'pixel4': expected a pixel value "
+                               "0-255, got 'x'")
+    assert "epoch" not in proc.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_bad_conv_tricks_env_fails_before_anything_is_written(tmp_path):
     proc = run_main("--config", "configs/default.py", f"--workdir={tmp_path / 'run'}",
                     env={"DIGITJAX_CPU_CONV_TRICKS": "row_split,fast"})

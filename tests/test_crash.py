@@ -89,7 +89,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_resumes_bit_identical(
     assert checkpoint.latest_meta(tmp_path)["step"] == 25
     resumed = main(tmp_path, digits_dir)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "at epoch 1, batch 7" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "in epoch 2, after batch 7" in resumed.stdout
     assert_same_as(reference, tmp_path)
     # Epoch 2's seconds are the resumed part's: its images/s counts batches 8-18 only.
     epoch2 = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])
@@ -129,7 +129,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, dig
     # Resuming: epoch 2 is retrained from step 18 and ends as the uninterrupted run did.
     resumed = main(tmp_path, digits_dir)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "/18 at epoch 1" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "/18 after epoch 1" in resumed.stdout
     assert (tmp_path / "checkpoints-damaged" / "36").is_dir()  # kept aside, not deleted
     assert_same_as(reference, tmp_path)
 
