@@ -47,10 +47,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps",
          "an integer >= 0 (0: at epoch ends only)")
     need(config.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
-    need(not isinstance(config.tta_shifts, str) and all(
-        not isinstance(s, str) and len(_items(s)) == 2 and all(_is_int(d) for d in _items(s))
-        for s in _items(config.tta_shifts)), "tta_shifts",
-        "(dy, dx) pairs of integer pixel shifts, e.g. ((0, 0), (1, 0), (-1, 0))")
+    need(all(_is_shift(s) for s in config.tta_shifts), "tta_shifts",
+         "(dy, dx) pairs of integer pixel shifts, e.g. ((0, 0), (1, 0), (-1, 0))")
     for field in ("rotation_deg", "zoom", "shift", "shear_deg", "elastic_alpha"):
         need(config.augment[field] >= 0, f"augment.{field}", "a number >= 0")
     need(config.augment.zoom < 1, "augment.zoom", "a number < 1 (scale in 1 +- zoom)")
@@ -73,12 +71,10 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _items(value) -> list:
-    """The elements of a sequence; a non-sequence as one element, for the check to refuse."""
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
+def _is_shift(value) -> bool:
+    """A (dy, dx) pair of integers (config.tta_shifts is a tuple: ml_collections keeps its
+    type, and `--config.tta_shifts=5` arrives as (5,))."""
+    return isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value))
 
 
 def check_model(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],

@@ -142,12 +142,11 @@ def main() -> None:
     name = f"k{a.kernel}" if a.model == "kernel_cnn" else a.model
     title = f"kernel_cnn:{a.kernel}" if a.model == "kernel_cnn" else a.model
     out = a.out or REPO / "experiments" / "results" / f"conv_passes_{name}.md"
-    cpu = cpu_name()
     out.write_text(f"# Convolution passes, {title}, batch {a.batch}\n\n"
                    f"Reproduce: `python experiments/conv_passes.py --model {a.model} "
                    f"--kernel {a.kernel} "
                    f"--batch {a.batch} --rounds {a.rounds}` (1 XLA device; PyTorch "
-                   f"{os.cpu_count()} threads; {cpu})\n\n" + text)
+                   f"{os.cpu_count()} threads; {cpu_name()})\n\n" + text)
 
 
 if __name__ == "__main__":

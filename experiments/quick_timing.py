@@ -52,7 +52,8 @@ def timed_run(workdir: Path, cache: Path) -> dict:
                      strict=True))
     summary = json.loads((workdir / "summary.json").read_text())
     return {"wall": wall, "to submission.csv": marks["submission"], **split,
-            "val_accuracy": summary["val_accuracy"], "best_epoch": summary["best_epoch"]}
+            "val_accuracy": summary["val_accuracy"], "best_epoch": summary["best_epoch"],
+            "val_count": summary["val_count"]}
 
 
 def import_seconds() -> float:
@@ -72,7 +73,8 @@ def main() -> None:
         rows = [timed_run(Path(tmp) / f"run{i}", cache) for i in range(runs)]
     imp = import_seconds()
     val, best = rows[0]["val_accuracy"], rows[0]["best_epoch"]
-    half = 1.96 * (val * (1 - val) / 4200) ** 0.5
+    count = rows[0]["val_count"]
+    half = 1.96 * (val * (1 - val) / count) ** 0.5
     same = all((r["val_accuracy"], r["best_epoch"]) == (val, best) for r in rows)
     lines = ["| phase | " + " | ".join(
         ["empty cache"] + [f"warm cache ({i})" for i in range(1, runs)]) + " |",
@@ -81,7 +83,7 @@ def main() -> None:
         lines.append(f"| {key} | " + " | ".join(f"{r[key]:.1f} s" for r in rows) + " |")
     table = "\n".join(lines) + (
         f"\n\n`import digitjax.main` alone: {imp:.1f} s; {cpu_name()}. Validation accuracy "
-        f"(4,200 held-out digits, best epoch {best}): {val:.2%} (95% interval ±{half:.2%}); "
+        f"({count:,} held-out digits, best epoch {best}): {val:.2%} (95% interval ±{half:.2%}); "
         + ("every run gave the same number (same seed).\n" if same else "runs differ: "
            + ", ".join(f"{r['val_accuracy']:.2%} (epoch {r['best_epoch']})" for r in rows)
            + ".\n"))
