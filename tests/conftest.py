@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
+
+from digitjax import compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,34 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_data_dir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> Path:
+    """One persistent XLA cache for the tests run in this pytest process, as `main` keeps
+    one for a user's runs (compile_cache.enable): the in-process tests compile the same
+    small training steps again and again, and XLA's compile is most of their time
+    (test_train.py's three resume/restore tests: 82 s without it, 48 s with it starting
+    empty). New for every session, shared by its xdist workers; a test about compiling
+    itself switches it off (`without_compilation_cache`). Subprocess runs keep their own
+    (the config's compilation_cache_dir)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' basetemps share a parent
+        base = base.parent
+    path = base / "xla_cache"
+    path.mkdir(exist_ok=True)
+    compile_cache.enable(str(path))
+    return path
+
+
+@pytest.fixture
+def without_compilation_cache():
+    """Every program compiled by XLA in this test, none read from the cache."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax_compilation_cache.reset_cache()  # it remembers whether it is used
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax_compilation_cache.reset_cache()
 
 
 def head_lines(path: Path, n: int) -> list[str]:

@@ -323,7 +323,8 @@ def test_the_metrics_writer_compiles_the_schedule_once(tmp_path):
 
 
 @pytest.mark.parametrize("ahead", ["1", "0"])
-def test_the_steps_are_compiled_ahead_on_a_thread(digits_dir, tmp_path, monkeypatch, ahead):
+def test_the_steps_are_compiled_ahead_on_a_thread(digits_dir, tmp_path, monkeypatch, ahead,
+                                                  without_compilation_cache):
     """compile_cache.compile_ahead: a run's training and validation steps are compiled
     on a thread before the first epoch, laid out as the real calls' arguments, so the
     epoch's first step and its validation compile nothing; DIGITJAX_COMPILE_AHEAD=0
