@@ -18,7 +18,9 @@ kernel_cnn:5 1.00x, inception_cnn 0.94x (older sessions; the default CNN 1.20x a
 in one process, 1.05x in later ones). Where batch norm follows every conv, each layer's
 batch statistics are an all-reduce across the two devices, forward and back, and those
 syncs cost more than the split gains: configs/best.py and the configs built on it set
-`config.cpu_devices = 1` (measured there and in experiments/README.md, session 6). More
+`config.cpu_devices = 1` (measured there and in experiments/README.md, session 6), and
+since the `weight_grad` kernel (models/weight_grad.py, one device only) configs/default.py
+does too (its CNN 1.10x faster on one device with the kernel than split without). More
 than 2 was not measured, so it is not chosen; DIGITJAX_CPU_DEVICES=N sets another count
 (1: one device, as jax's default) where the config leaves the count to digitjax
 (`config.cpu_devices = 0`); a config's own count wins over both.

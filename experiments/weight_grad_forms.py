@@ -10,7 +10,8 @@ the CPU libraries run far below their peak. Forms:
 - `tap dots`: one (c x N) @ (N x f) matmul per kernel tap over shifted input slices;
 - `im2col dot`: the k*k shifted slices concatenated into one (N x k*k*c) patch matrix,
   then one matmul;
-- `tap einsums`: one einsum per tap over the 4-d arrays, no reshape.
+- `tap einsums`: one einsum per tap over the 4-d arrays, no reshape;
+- `kernel`: digitjax's direct kernel (`models/weight_grad.py`, the `weight_grad` trick).
 Milliseconds, median of `--rounds` timings of 10 calls each, on one XLA device
 (digitjax's CPU flags applied); all forms are checked against `lax`.
 """
@@ -32,6 +33,7 @@ from common import cpu_name  # noqa: E402
 from jax import lax  # noqa: E402
 
 import digitjax  # noqa: E402,F401  (applies digitjax's XLA:CPU flags before jax starts)
+from digitjax.models import weight_grad  # noqa: E402
 
 LAYERS = ((128, 26, 32, 32, 3), (128, 12, 32, 64, 3), (128, 10, 64, 64, 3),
           (128, 24, 32, 32, 5))  # (batch, input side, in channels, out channels, kernel)
@@ -69,6 +71,10 @@ def wg_tap_einsums(x, w, g):
                       for row in slices(x, w.shape[0])])
 
 
+def wg_kernel(x, w, g):
+    return weight_grad.conv_weight_grad(x, g, w.shape[:2], 1, ((0, 0), (0, 0)))
+
+
 def input_grad(x, w, g):
     return jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
 
@@ -92,7 +98,7 @@ def main() -> None:
                     default=Path(__file__).parent / "results" / "weight_grad_forms.md")
     a = ap.parse_args()
     forms = {"lax": wg_lax, "tap dots": wg_tap_dots, "im2col dot": wg_im2col,
-             "tap einsums": wg_tap_einsums}
+             "tap einsums": wg_tap_einsums, "kernel": wg_kernel}
     lines = ["| layer | GFLOP | forward ms | input grad ms | "
              + " | ".join(f"weight grad: {n} ms" for n in forms) + " | lax weight grad GFLOP/s |",
              "| --- " * (5 + len(forms)) + "|"]
@@ -116,7 +122,7 @@ def main() -> None:
                      + f" | {gflop / times['lax'] * 1e3:.0f} |")
         print(lines[-1], flush=True)
     cpu = cpu_name()
-    a.out.write_text("# A convolution's weight gradient, in four forms\n\n"
+    a.out.write_text("# A convolution's weight gradient, in five forms\n\n"
                      f"Reproduce: `python experiments/weight_grad_forms.py --rounds {a.rounds}` "
                      f"(1 XLA device, jax {jax.__version__}; {cpu})\n\n"
                      + "\n".join(lines) + "\n")

@@ -11,7 +11,7 @@ from jax import lax
 from digitjax import cpu_flags, parallel
 from digitjax.configs import default, seed
 from digitjax.errors import UserError
-from digitjax.models import create_model
+from digitjax.models import create_model, weight_grad
 from digitjax.models.conv import cpu_conv, space_to_depth_conv
 from digitjax.models.pool import avg_pool, max_pool
 
@@ -192,22 +192,37 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
         return "dot_general" in str(jax.make_jaxpr(lambda x: cpu_conv(
             x, w[:1, :1], (1, 1), "SAME", dimension_numbers=dims))(x))
 
+    def padded() -> str:
+        """the custom VJP a padded stride-1 conv (12x12 out) takes: lax's conv with the
+        weight_grad kernel's gradient, or none (lax)"""
+        jaxpr = str(jax.make_jaxpr(lambda x: cpu_conv(
+            x, w, (1, 1), "SAME", dimension_numbers=dims))(x))
+        return "_kernel_grad_conv" if "name=_kernel_grad_conv" in jaxpr else (
+            "custom_vjp" if "custom_vjp" in jaxpr else "")
+
+    # the kernel's route where this process has one device (test_weight_grad.py checks
+    # it there); on digitjax's 2-device split, lax
+    kernel = "_kernel_grad_conv" if weight_grad.usable() else ""
     assert routes() == (True, True) and pointwise() and taps()
-    assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: cpu_conv(
-        x, w, (1, 1), "SAME", dimension_numbers=dims))(x))  # padded, 12x12 out: lax
+    assert padded() == kernel
     for value, expected in [("0", (False, False)), ("row_split", (True, False)),
                             ("space_to_depth,pool", (False, True)), ("1", (True, True)),
                             (" row_split , pool ", (True, False)), ("", (True, True))]:
         monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", value)
         assert routes() == expected, value
         assert pointwise() == taps() == (value.strip() in ("", "1")), value
+        assert padded() == (kernel if value.strip() in ("", "1") else ""), value
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "pointwise")
     assert routes() == (False, False) and pointwise() and not taps()
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "taps")
     assert routes() == (False, False) and not pointwise() and taps()
+    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "weight_grad")
+    assert routes() == (False, False) and not pointwise() and not taps()
+    assert padded() == kernel
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
     with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
-                       "1, 0 or names from space_to_depth, row_split, pool, pointwise, taps"):
+                       "1, 0 or names from space_to_depth, row_split, pool, pointwise, taps, "
+                       "weight_grad"):
         routes()
 
 

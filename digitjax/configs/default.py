@@ -138,9 +138,11 @@ def _runtime(config: ml_collections.ConfigDict) -> None:
     config.seed = 0  # Seeds the split, the data order, initialisation and augmentation.
     config.shard_params = False  # Split parameters and optimiser state over the devices (FSDP).
     # CPU only: XLA devices the host is split into, each taking a share of every batch;
-    # 0 = digitjax's choice (2 on 2+ cores, digitjax/cpu_flags.py; configs/best.py sets 1:
-    # its batch norms sync the devices at every layer). Read before jax starts.
-    config.cpu_devices = 0
+    # 0 = digitjax's choice (2 on 2+ cores, digitjax/cpu_flags.py). One device: with the
+    # weight_grad kernel (digitjax/models/weight_grad.py) the default CNN's training step
+    # ran 1.10x faster on one device than on the 2-device split without it, and the
+    # kernel itself is slower under the split (experiments/README.md, session 15).
+    config.cpu_devices = 1
     config.checkpoint_every_steps = 0  # Also save every N steps inside epochs; 0 = epoch ends.
     config.keep_checkpoints = 2  # Newest checkpoints kept (the best epoch is kept besides).
     # jax's persistent compilation cache (a second run skips compiling); "" turns it off.

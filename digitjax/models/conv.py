@@ -1,4 +1,4 @@
-"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Four tricks,
+"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Five tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
 picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
@@ -54,12 +54,20 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    (`tap_sum_conv`): one fused elementwise loop over the output, where Eigen's
    convolution contracts over only kh*kw*c values per output (one 128x28x28x1 ->
    32-channel 3x3 layer: 5.3 -> 0.9 ms; 3 channels: 1.2-1.4x; a one-off
-   micro-benchmark). Gradients stay lax's. Whole step on and off, paired in one
+   micro-benchmark). The input gradient stays lax's. Whole step on and off, paired in one
    process (`python experiments/paired_tricks.py --model M --a
    space_to_depth,row_split,pool,pointwise --b 1`, experiments/results/paired_taps_*.md):
    training 1.13x cnn, 1.08x strided_cnn, 1.00x inception_cnn, 0.99x kernel_cnn:5;
    inference 1.36x, 1.10x, 1.19x, 1.05x (medians of 12 rounds). `seed_cnn` got slower
    with it (0.75x, 0.44x) and keeps lax's convolution.
+
+5. `weight_grad`: the weight gradient of every float32 convolution above, and of the
+   stride-1 padded ones the others leave to lax (`_kernel_grad_conv`), as one direct
+   kernel, an XLA FFI custom call (models/weight_grad.py, weight_grad.cc), where Eigen
+   runs it as a convolution far below the matmul peak. Used where the process has one
+   XLA device (`weight_grad.usable`). Per layer 1.0-3.5x faster than lax's; whole
+   training step, paired on one device: cnn 1.35x, strided_cnn 1.45x, kernel_cnn:3
+   1.05x (experiments/README.md, session 15).
 
 All but `pointwise` (and models/pool.py's max pools) are custom VJPs: reverse mode only
 (`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a model
@@ -78,6 +86,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from digitjax.errors import UserError
+from digitjax.models import weight_grad
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # the layout flax's nn.Conv uses, and the only one rearranged
 
@@ -147,10 +156,35 @@ def _strided_conv_bwd(s: int, pads, res, g: jax.Array):
 
 
 def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, strides, pads) -> jax.Array:
-    """lax's own weight gradient of an NHWC/HWIO convolution (both custom VJPs keep it)."""
+    """The weight gradient of an NHWC/HWIO convolution (every custom VJP here): the
+    `weight_grad` kernel where it takes the call, else lax's own."""
+    pads = _explicit_pads(x, w, strides, pads)
+    if (tricks_on("weight_grad") and strides[0] == strides[1]
+            and weight_grad.takes(x, w, g)):
+        return weight_grad.conv_weight_grad(x, g, w.shape[:2], strides[0], pads)
     _, weight_vjp = jax.vjp(lambda w: lax.conv_general_dilated(
         x, w, strides, pads, dimension_numbers=NHWC), w)
     return weight_vjp(g)[0]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _kernel_grad_conv(x: jax.Array, w: jax.Array, strides, pads) -> jax.Array:
+    """lax's convolution and input gradient, the weight gradient `_weight_grad`'s."""
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=NHWC)
+
+
+def _kernel_grad_conv_fwd(x, w, strides, pads):
+    return _kernel_grad_conv(x, w, strides, pads), (x, w)
+
+
+def _kernel_grad_conv_bwd(strides, pads, res, g):
+    x, w = res
+    _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, w, strides, pads, dimension_numbers=NHWC), x)
+    return input_vjp(g)[0], _weight_grad(x, w, g, strides, pads)
+
+
+_kernel_grad_conv.defvjp(_kernel_grad_conv_fwd, _kernel_grad_conv_bwd)
 
 
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
@@ -172,7 +206,8 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
 
 
-TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps")  # pool: models/pool.py
+TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
+          "weight_grad")  # pool: models/pool.py; weight_grad: models/weight_grad.py
 
 
 def enabled_tricks() -> tuple[str, ...]:
@@ -250,8 +285,8 @@ def tap_sum_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
     """A stride-1 NHWC/HWIO convolution of an input with few channels (an image's 1 or
     3) as a sum over the kernel's taps and input channels of shifted input slices
     times a kernel row: one fused elementwise loop, vectorised over the output
-    channels, where Eigen's convolution contracts over only kh*kw*c. Gradients are
-    lax's (its weight gradient is the faster one here)."""
+    channels, where Eigen's convolution contracts over only kh*kw*c. The input
+    gradient is lax's, the weight gradient `_weight_grad`'s."""
     kh, kw, c, _ = rhs.shape
     x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
                 ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
@@ -268,9 +303,9 @@ def _tap_sum_fwd(lhs, rhs, padding):
 
 def _tap_sum_bwd(padding, res, g):
     lhs, rhs = res
-    _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(
-        x, w, (1, 1), padding, dimension_numbers=NHWC), lhs, rhs)
-    return vjp(g)
+    _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, rhs, (1, 1), padding, dimension_numbers=NHWC), lhs)
+    return input_vjp(g)[0], _weight_grad(lhs, rhs, g, (1, 1), padding)
 
 
 tap_sum_conv.defvjp(_tap_sum_fwd, _tap_sum_bwd)
@@ -301,6 +336,8 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
         if (precision is None and tricks_on("row_split")
                 and (not any(map(any, pads)) or out_h < kh or out_w < kw)):
             return padded_valid_conv(lhs, rhs, pads)
+        if precision is None and tricks_on("weight_grad") and weight_grad.usable():
+            return _kernel_grad_conv(lhs, rhs, (1, 1), pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision)

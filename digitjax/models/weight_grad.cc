@@ -1,0 +1,216 @@
+// The weight gradient of a float32 NHWC/HWIO convolution as one direct kernel, an XLA
+// FFI custom call for the CPU (digitjax/models/weight_grad.py builds and registers it).
+//
+//   dw[i, j, c, f] = sum over n, y, x of  xp[n, y*s + i, x*s + j, c] * g[n, y, x, f]
+//
+// xp is the input already padded (the caller pads), g the output gradient. XLA:CPU hands
+// this contraction to Eigen as a convolution whose "kernel" is the output gradient, far
+// below the matmul peak; here a block of (channels x output features) accumulators stays
+// in vector registers while the pixels stream past, each output-gradient vector loaded
+// once per block and each input value broadcast once. The batch is cut into a fixed
+// number of chunks (a function of the batch size only), each summed into its own buffer
+// on XLA's intra-op threads, and the buffers are added in chunk order: the result does
+// not depend on the thread count or on timing.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // floats per vector register
+constexpr int kAccumulators = 24;  // of 32 registers; the rest hold g and a broadcast
+#else
+constexpr int kLanes = 8;
+constexpr int kAccumulators = 12;  // of 16
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+struct Shape {
+  int64_t h, w, c;        // padded input, per image
+  int64_t oh, ow, f;      // output gradient, per image
+  int64_t kh, kw, s;      // kernel and stride
+};
+
+// dw[i, j, c0:c0+CB, f0:f0+FV*kLanes] += the images [n0, n1) of one chunk.
+template <int FV, int CB>
+void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n0,
+           int64_t n1, int64_t i, int64_t j, int64_t c0, int64_t f0) {
+  Vec acc[CB][FV];
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < FV; ++v) acc[c][v] = Load(dw + (c0 + c) * sh.f + f0 + v * kLanes);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* gn = g + n * sh.oh * sh.ow * sh.f + f0;
+    const float* xn = x + n * sh.h * sh.w * sh.c + (i * sh.w + j) * sh.c + c0;
+    for (int64_t y = 0; y < sh.oh; ++y) {
+      const float* gy = gn + y * sh.ow * sh.f;
+      const float* xy = xn + y * sh.s * sh.w * sh.c;
+      for (int64_t q = 0; q < sh.ow; ++q) {
+        const float* gp = gy + q * sh.f;
+        const float* xq = xy + q * sh.s * sh.c;
+        Vec gv[FV];
+#pragma GCC unroll 4
+        for (int v = 0; v < FV; ++v) gv[v] = Load(gp + v * kLanes);
+#pragma GCC unroll 12
+        for (int c = 0; c < CB; ++c) {
+          const float b = xq[c];
+#pragma GCC unroll 4
+          for (int v = 0; v < FV; ++v) acc[c][v] += b * gv[v];
+        }
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < FV; ++v) Store(dw + (c0 + c) * sh.f + f0 + v * kLanes, acc[c][v]);
+}
+
+using BlockFn = void (*)(const float*, const float*, float*, const Shape&, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, int64_t);
+
+template <int FV>
+BlockFn PickChannels(int cb) {
+  switch (cb) {
+    case 1: return &Block<FV, 1>;
+    case 2: return &Block<FV, 2>;
+    case 3: return &Block<FV, 3>;
+    case 4: return &Block<FV, 4>;
+    case 6: return &Block<FV, 6>;
+    case 8: return &Block<FV, 8>;
+    case 12: return &Block<FV, 12>;
+    default: return nullptr;
+  }
+}
+
+BlockFn Pick(int fv, int cb) {
+  switch (fv) {
+    case 1: return PickChannels<1>(cb);
+    case 2: return PickChannels<2>(cb);
+    case 3: return PickChannels<3>(cb);
+    case 4: return PickChannels<4>(cb);
+    default: return nullptr;
+  }
+}
+
+// Feature blocks of up to 4 vectors (the last may be narrower), and per block the most
+// channels that divide c and fit the accumulators beside it.
+struct Plan {
+  int64_t f0;
+  int fv, cb;
+  BlockFn block;
+};
+
+std::vector<Plan> Blocking(int64_t c, int64_t f) {
+  std::vector<Plan> plans;
+  for (int64_t f0 = 0; f0 < f; f0 += 4 * kLanes) {
+    const int fv = static_cast<int>(std::min<int64_t>(4, (f - f0) / kLanes));
+    int cb = 1;
+    for (int b : {12, 8, 6, 4, 3, 2}) {
+      if (c % b == 0 && b * fv <= kAccumulators) { cb = b; break; }
+    }
+    plans.push_back({f0, fv, cb, Pick(fv, cb)});
+  }
+  return plans;
+}
+
+constexpr int64_t kMaxChunks = 8;  // partial sums; the batch is cut into this many
+
+// Chunk k's partial sum over its images, image by image (one image's input and output
+// gradient stay in cache while every tap and block passes over them).
+void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t n0,
+           int64_t n1, const std::vector<Plan>& plans) {
+  const int64_t tap = sh.c * sh.f;
+  std::fill(part, part + sh.kh * sh.kw * tap, 0.0f);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t i = 0; i < sh.kh; ++i)
+      for (int64_t j = 0; j < sh.kw; ++j)
+        for (const Plan& p : plans)
+          for (int64_t c0 = 0; c0 < sh.c; c0 += p.cb)
+            p.block(x, g, part + (i * sh.kw + j) * tap, sh, n, n + 1, i, j, c0, p.f0);
+}
+
+struct Work {
+  std::atomic<int64_t> next{0};
+  int64_t done = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                      int64_t stride, ffi::ResultBuffer<ffi::F32> dw) {
+  const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || xd[0] != gd[0] ||
+      wd[2] != xd[3] || wd[3] != gd[3] || gd[3] % kLanes != 0 || stride < 1 ||
+      (gd[1] - 1) * stride + wd[0] > xd[1] || (gd[2] - 1) * stride + wd[1] > xd[2]) {
+    return ffi::Error::InvalidArgument("conv weight grad: shapes do not match");
+  }
+  const Shape sh{xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], stride};
+  const std::vector<Plan> plans = Blocking(sh.c, sh.f);
+  const int64_t n = xd[0];
+  const int64_t size = sh.kh * sh.kw * sh.c * sh.f;
+  float* out = dw->typed_data();
+  if (n == 0) {
+    std::fill(out, out + size, 0.0f);
+    return ffi::Error::Success();
+  }
+  const int64_t chunks = std::min(n, kMaxChunks);
+  std::vector<float> parts(static_cast<size_t>(chunks * size));
+  const float* xs = x.typed_data();
+  const float* gs = g.typed_data();
+  float* ps = parts.data();
+  auto run = [=, &plans](int64_t k) {
+    Chunk(xs, gs, ps + k * size, sh, n * k / chunks, n * (k + 1) / chunks, plans);
+  };
+  auto work = std::make_shared<Work>();
+  // Workers (XLA's intra-op threads, and this one) take chunks until none are left;
+  // a worker that starts late finds none and only drops its reference.
+  auto worker = [work, run, chunks]() {
+    int64_t taken = 0;
+    for (int64_t k; (k = work->next.fetch_add(1)) < chunks; ++taken) run(k);
+    if (taken) {
+      std::lock_guard<std::mutex> lock(work->mu);
+      work->done += taken;
+      work->cv.notify_all();
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([worker] { worker(); });
+  worker();
+  {
+    std::unique_lock<std::mutex> lock(work->mu);
+    work->cv.wait(lock, [&] { return work->done == chunks; });
+  }
+  std::copy(ps, ps + size, out);
+  for (int64_t k = 1; k < chunks; ++k) {
+    const float* p = ps + k * size;
+    for (int64_t e = 0; e < size; ++e) out[e] += p[e];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, WeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,130 @@
+"""The `weight_grad` CPU trick: a convolution's weight gradient as a direct kernel
+(weight_grad.cc, an XLA FFI custom call), where XLA:CPU hands it to Eigen as a
+convolution whose "kernel" is the output gradient and runs it far below the matmul
+peak (on the AVX-512 host, 1.6-3.8x PyTorch's oneDNN time per layer; every other pass
+is at parity: experiments/README.md, "on the AVX-512 host the gap is the weight
+gradient").
+
+The kernel is compiled on first use with the machine's C++ compiler (`c++`, or $CXX),
+for this CPU (`-march=native`), against the FFI headers jaxlib ships, into
+`$DIGITJAX_KERNEL_CACHE` (default `~/.cache/digitjax/kernels`; one file per source,
+jaxlib version and CPU, written atomically), and loaded from there afterwards. Where it
+cannot be built, `weight_grad` warns once and lax's gradient runs instead. It takes
+float32 convolutions whose output channels are a multiple of the vector width (8, or
+16 with AVX-512); the others keep lax's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+from jax import lax
+
+SOURCE = Path(__file__).with_name("weight_grad.cc")
+TARGET = "digitjax_conv_weight_grad"
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+def _library_path() -> Path:
+    cache = Path(os.environ.get("DIGITJAX_KERNEL_CACHE")
+                 or Path.home() / ".cache" / "digitjax" / "kernels")
+    key = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode()
+                         + _cpu_flags().encode()).hexdigest()[:16]
+    return cache / f"weight_grad-{key}.so"
+
+
+def _build(path: Path) -> None:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler (c++, g++ or $CXX) on this machine")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+               f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+        os.replace(out, path)  # atomic: a concurrent process loads a whole file or builds
+
+
+def _register() -> int:
+    """Builds (once per machine) and registers the kernel; its vector width."""
+    path = _library_path()
+    if not path.exists():
+        _build(path)
+    library = ctypes.cdll.LoadLibrary(str(path))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DigitjaxConvWeightGrad),
+                                platform="cpu")
+    return 16 if " avx512f" in f" {_cpu_flags()} " else 8
+
+
+def lanes() -> int | None:
+    """The kernel's vector width once registered, or None where it cannot be built
+    (warned once, with the reason)."""
+    with _lock:
+        if not _state:
+            try:
+                _state["lanes"] = _register()
+            except Exception as err:  # noqa: BLE001 - any failure falls back to lax
+                _state["error"] = str(err)
+                warnings.warn(f"digitjax: the weight_grad kernel is not available, lax's "
+                              f"weight gradient runs instead ({err})", stacklevel=2)
+        return _state.get("lanes")  # type: ignore[return-value]
+
+
+def usable() -> bool:
+    """Whether models use the kernel in this process: one XLA device in all, and the
+    kernel built. A custom call has no partitioning rule, so on a mesh of 2 or more
+    devices XLA gathers its operands, the whole batch, onto every device and each
+    computes the whole gradient: the default CNN's and strided_cnn's steps on
+    digitjax's 2-device CPU split ran 0.83x and 0.87x as fast with it as without
+    (experiments/README.md, session 15); there lax's gradient runs."""
+    return jax.device_count() == 1 and lanes() is not None
+
+
+def takes(x: jax.Array, w: jax.Array, g: jax.Array) -> bool:
+    """Whether the kernel computes this convolution's weight gradient here (`usable`,
+    float32, output channels a multiple of its vector width)."""
+    if not all(a.dtype == jnp.float32 for a in (x, w, g)) or not usable():
+        return False
+    return w.shape[3] % lanes() == 0  # type: ignore[operator]
+
+
+def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: int,
+                     pads) -> jax.Array:
+    """The HWIO weight gradient of a stride-`stride` NHWC/HWIO convolution of `x`
+    (padded by `pads`, (low, high) pairs for H and W) whose output gradient is `g`."""
+    if lanes() is None:
+        raise RuntimeError(f"the weight_grad kernel is not available: {_state['error']}")
+    kh, kw = kernel_hw
+    need_h = (g.shape[1] - 1) * stride + kh  # the input rows the output reads
+    need_w = (g.shape[2] - 1) * stride + kw
+    xp = lax.pad(x, jnp.zeros((), x.dtype),  # the high side may be negative: a crop
+                 ((0, 0, 0), (pads[0][0], need_h - x.shape[1] - pads[0][0], 0),
+                  (pads[1][0], need_w - x.shape[2] - pads[1][0], 0), (0, 0, 0)))
+    out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], g.shape[3]), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
+        xp, g, stride=np.int64(stride))
