@@ -48,6 +48,7 @@ for h, c, k, f, s, pad in layers:
     dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w, s, pad), w)[1](g)[0])
     x, w = rng.random((n, h, h, c), np.float32), rng.random((k, k, c, f), np.float32)
     g = rng.random(jax.eval_shape(fwd, x, w).shape, np.float32)
+    x, w, g = jax.device_put((x, w, g))  # resident, as PyTorch's tensors are
     out.append([ms(fwd, x, w), ms(dx, x, w, g), ms(dw, x, w, g)])
 print("RESULT", json.dumps(out))
 '''

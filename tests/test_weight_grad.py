@@ -26,6 +26,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
     (3, 9, 1, 32, 3, 1, "SAME"),       # a first layer (one channel), fewer images than chunks
     (5, (9, 7), 6, 48, (2, 3), 1, ((0, 2), (1, 0))),  # 3 vectors of features, 6 channels
     (4, 11, 24, 16, 4, 3, "VALID"),    # stride 3; 16 features: one AVX-512 vector
+    (6, 10, 30, 36, 3, 1, "VALID"),    # kernel_cnn:3's CPU widths: 36 features padded
+    (2, 7, 5, 3, 3, 2, "SAME"),        # 3 features: less than a vector
 ])
 def test_kernel_equals_lax_weight_gradient(batch, size, channels, features, kernel, stride,
                                            padding):
@@ -61,7 +63,8 @@ dims = ("NHWC", "HWIO", "NHWC")
 for shape, kernel, stride, padding in [((4, 12, 12, 32), (3, 3, 32, 32), 1, "VALID"),
                                        ((4, 12, 12, 32), (5, 5, 32, 64), 2, "SAME"),
                                        ((4, 9, 9, 1), (3, 3, 1, 32), 1, "SAME"),
-                                       ((4, 9, 9, 8), (3, 3, 8, 16), 1, "SAME")]:
+                                       ((4, 9, 9, 8), (3, 3, 8, 16), 1, "SAME"),
+                                       ((4, 10, 10, 30), (3, 3, 30, 36), 1, "VALID")]:
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
     y = cpu_conv(x, w, (stride, stride), padding, dimension_numbers=dims)
@@ -75,7 +78,7 @@ for shape, kernel, stride, padding in [((4, 12, 12, 32), (3, 3, 32, 32), 1, "VAL
     assert np.array_equal(fast, weight_grad.conv_weight_grad(x, g, kernel[:2], stride, pads))
 x, g = jnp.zeros((2, 6, 6, 3)), jnp.zeros((2, 4, 4, 32))
 assert weight_grad.takes(x, jnp.zeros((3, 3, 3, 32)), g)
-assert not weight_grad.takes(x, jnp.zeros((3, 3, 3, 4)), g[..., :4])  # lax's instead
+assert weight_grad.takes(x, jnp.zeros((3, 3, 3, 4)), g[..., :4])  # padded to a vector
 assert not weight_grad.takes(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 3, 32)), g)
 print("ok")
 """

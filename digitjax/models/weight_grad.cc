@@ -19,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -50,7 +51,8 @@ struct Shape {
   int64_t kh, kw, s;      // kernel and stride
 };
 
-// dw[i, j, c0:c0+CB, f0:f0+FV*kLanes] += the images [n0, n1) of one chunk.
+// dw[i, j, c0:c0+CB, f0:f0+FV*kLanes] += the images [n0, n1) of one chunk (c0 may run
+// past c into the next taps of the kernel row: see Plan).
 template <int FV, int CB>
 void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n0,
            int64_t n1, int64_t i, int64_t j, int64_t c0, int64_t f0) {
@@ -85,18 +87,15 @@ void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n
 using BlockFn = void (*)(const float*, const float*, float*, const Shape&, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t);
 
+template <int FV, int... CB>
+BlockFn PickChannels(int cb, std::integer_sequence<int, CB...>) {
+  BlockFn table[] = {&Block<FV, CB + 1>...};
+  return cb >= 1 && cb <= static_cast<int>(sizeof...(CB)) ? table[cb - 1] : nullptr;
+}
+
 template <int FV>
 BlockFn PickChannels(int cb) {
-  switch (cb) {
-    case 1: return &Block<FV, 1>;
-    case 2: return &Block<FV, 2>;
-    case 3: return &Block<FV, 3>;
-    case 4: return &Block<FV, 4>;
-    case 6: return &Block<FV, 6>;
-    case 8: return &Block<FV, 8>;
-    case 12: return &Block<FV, 12>;
-    default: return nullptr;
-  }
+  return PickChannels<FV>(cb, std::make_integer_sequence<int, 12>());
 }
 
 BlockFn Pick(int fv, int cb) {
@@ -109,21 +108,24 @@ BlockFn Pick(int fv, int cb) {
   }
 }
 
-// Feature blocks of up to 4 vectors (the last may be narrower), and per block the most
-// channels that divide c and fit the accumulators beside it.
+// A kernel row's taps and channels, kw * c values, lie side by side in the input (one
+// row of a pixel's patch) and in dw: the blocks run over them together, so a few-channel
+// layer (a first layer's 1 or 3) still fills the accumulators. Feature blocks of up to
+// 4 vectors (the last may be narrower), and per block the most of those kw * c values
+// that divide them and fit the accumulators beside it.
 struct Plan {
   int64_t f0;
   int fv, cb;
   BlockFn block;
 };
 
-std::vector<Plan> Blocking(int64_t c, int64_t f) {
+std::vector<Plan> Blocking(int64_t row, int64_t f) {
   std::vector<Plan> plans;
   for (int64_t f0 = 0; f0 < f; f0 += 4 * kLanes) {
     const int fv = static_cast<int>(std::min<int64_t>(4, (f - f0) / kLanes));
     int cb = 1;
-    for (int b : {12, 8, 6, 4, 3, 2}) {
-      if (c % b == 0 && b * fv <= kAccumulators) { cb = b; break; }
+    for (int b = 12; b > 1; --b) {
+      if (row % b == 0 && b * fv <= kAccumulators) { cb = b; break; }
     }
     plans.push_back({f0, fv, cb, Pick(fv, cb)});
   }
@@ -133,17 +135,16 @@ std::vector<Plan> Blocking(int64_t c, int64_t f) {
 constexpr int64_t kMaxChunks = 8;  // partial sums; the batch is cut into this many
 
 // Chunk k's partial sum over its images, image by image (one image's input and output
-// gradient stay in cache while every tap and block passes over them).
+// gradient stay in cache while every kernel row and block passes over them).
 void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t n0,
            int64_t n1, const std::vector<Plan>& plans) {
-  const int64_t tap = sh.c * sh.f;
-  std::fill(part, part + sh.kh * sh.kw * tap, 0.0f);
+  const int64_t row = sh.kw * sh.c;  // dw[i] holds row x f values
+  std::fill(part, part + sh.kh * row * sh.f, 0.0f);
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t i = 0; i < sh.kh; ++i)
-      for (int64_t j = 0; j < sh.kw; ++j)
-        for (const Plan& p : plans)
-          for (int64_t c0 = 0; c0 < sh.c; c0 += p.cb)
-            p.block(x, g, part + (i * sh.kw + j) * tap, sh, n, n + 1, i, j, c0, p.f0);
+      for (const Plan& p : plans)
+        for (int64_t c0 = 0; c0 < row; c0 += p.cb)
+          p.block(x, g, part + i * row * sh.f, sh, n, n + 1, i, 0, c0, p.f0);
 }
 
 struct Work {
@@ -162,7 +163,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument("conv weight grad: shapes do not match");
   }
   const Shape sh{xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], stride};
-  const std::vector<Plan> plans = Blocking(sh.c, sh.f);
+  const std::vector<Plan> plans = Blocking(sh.kw * sh.c, sh.f);
   const int64_t n = xd[0];
   const int64_t size = sh.kh * sh.kw * sh.c * sh.f;
   float* out = dw->typed_data();

@@ -10,8 +10,9 @@ for this CPU (`-march=native`), against the FFI headers jaxlib ships, into
 `$DIGITJAX_KERNEL_CACHE` (default `~/.cache/digitjax/kernels`; one file per source,
 jaxlib version and CPU, written atomically), and loaded from there afterwards. Where it
 cannot be built, `weight_grad` warns once and lax's gradient runs instead. It takes
-float32 convolutions whose output channels are a multiple of the vector width (8, or
-16 with AVX-512); the others keep lax's.
+float32 convolutions; output channels that are not a multiple of the vector width (8,
+or 16 with AVX-512) are padded with zeros up to one (the CPU-width `kernel_cnn` members'
+24-66 channels).
 """
 
 from __future__ import annotations
@@ -107,10 +108,8 @@ def usable() -> bool:
 
 def takes(x: jax.Array, w: jax.Array, g: jax.Array) -> bool:
     """Whether the kernel computes this convolution's weight gradient here (`usable`,
-    float32, output channels a multiple of its vector width)."""
-    if not all(a.dtype == jnp.float32 for a in (x, w, g)) or not usable():
-        return False
-    return w.shape[3] % lanes() == 0  # type: ignore[operator]
+    and float32)."""
+    return all(a.dtype == jnp.float32 for a in (x, w, g)) and usable()
 
 
 def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: int,
@@ -125,6 +124,11 @@ def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], str
     xp = lax.pad(x, jnp.zeros((), x.dtype),  # the high side may be negative: a crop
                  ((0, 0, 0), (pads[0][0], need_h - x.shape[1] - pads[0][0], 0),
                   (pads[1][0], need_w - x.shape[2] - pads[1][0], 0), (0, 0, 0)))
-    out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], g.shape[3]), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
+    features = g.shape[3]
+    wide = -(-features // lanes()) * lanes()  # type: ignore[operator]
+    if wide != features:  # whole vectors of features: zeros added, their gradient dropped
+        g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, wide - features)))
+    out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], wide), jnp.float32)
+    dw = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
         xp, g, stride=np.int64(stride))
+    return dw[..., :features]
