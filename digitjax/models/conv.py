@@ -65,9 +65,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    stride-1 padded ones the others leave to lax (`_kernel_grad_conv`), as one direct
    kernel, an XLA FFI custom call (models/weight_grad.py, weight_grad.cc), where Eigen
    runs it as a convolution far below the matmul peak. Used where the process has one
-   XLA device (`weight_grad.usable`). Per layer 1.0-3.5x faster than lax's; whole
-   training step, paired on one device: cnn 1.35x, strided_cnn 1.45x, kernel_cnn:3
-   1.05x (experiments/README.md, session 15).
+   XLA device (`weight_grad.usable`). Per layer 2.1-3.2x faster than lax's
+   (`python experiments/weight_grad_forms.py`); whole training step, kernel off and on,
+   paired on one device: cnn 1.35x, strided_cnn 1.45x (experiments/README.md, session 15).
 
 All but `pointwise` (and models/pool.py's max pools) are custom VJPs: reverse mode only
 (`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a model

@@ -215,3 +215,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, WeightGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+// The vector width this build computes in (floats), for the Python side's padding.
+extern "C" int DigitjaxWeightGradLanes() { return kLanes; }

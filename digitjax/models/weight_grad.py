@@ -79,7 +79,7 @@ def _register() -> int:
     library = ctypes.cdll.LoadLibrary(str(path))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DigitjaxConvWeightGrad),
                                 platform="cpu")
-    return 16 if " avx512f" in f" {_cpu_flags()} " else 8
+    return int(library.DigitjaxWeightGradLanes())  # 16 where it was built for AVX-512
 
 
 def lanes() -> int | None:
