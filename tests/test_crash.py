@@ -278,6 +278,7 @@ def test_two_processes_stop_together_when_one_is_signalled(digits_dir, tmp_path)
         for i in range(2):
             env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
             procs.append(main(workdir, digits_dir, "--config.batch_size=16",
+                              "--config.cpu_devices=0",  # XLA_FLAGS' 2 devices each
                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                               f"--process_id={i}", env=env, wait=False,
                               crash=crash_on_1 if i == 1 else ""))

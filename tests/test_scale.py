@@ -19,7 +19,8 @@ from tests.conftest import REPO, run_main
 # so the per-example random draws are checked across layouts too.
 FLAGS = ["--config", "configs/seed.py", "--config.num_epochs=2", "--config.batch_size=64",
          "--config.val_fraction=0.2", "--config.augment.rotation_deg=10",
-         "--config.augment.shift=0.1", "--config.progress=false"]
+         "--config.augment.shift=0.1", "--config.progress=false",
+         "--config.cpu_devices=0"]  # the device count XLA_FLAGS sets (configs set 1)
 
 
 def devices_env(n: int) -> dict:
@@ -74,6 +75,7 @@ def assert_same_params(workdir, single):
 def test_eight_devices_match_one(single, digits_dir, tmp_path, flags):
     proc = run(tmp_path, digits_dir, *flags, env=devices_env(8))
     assert proc.returncode == 0, proc.stderr
+    assert "devices: 8 cpu devices on the data mesh" in proc.stdout + proc.stderr
     assert_same_params(tmp_path, single)
 
 
@@ -126,6 +128,7 @@ def run_two_processes(workdir, digits_dir, *extra):
 def test_two_processes_match_one(single, digits_dir, tmp_path):
     outs = run_two_processes(tmp_path, digits_dir)
     assert "epoch   2/2" in outs[0][0] and "epoch" not in outs[1][0]  # process 0 reports
+    assert "devices: 4 cpu devices on the data mesh, 2 processes" in outs[0][0] + outs[0][1]
     assert_same_params(tmp_path, single)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]

@@ -345,7 +345,8 @@ def test_two_processes_read_their_own_rows_lazily_and_match_one(shared_data, tmp
              "--config.tfds_name=digit_recognizer",
              f"--config.tfds_data_dir={shared_data / 'tfds'}",
              "--config.tfds_train_split=train[:640]", "--config.tfds_in_memory_mb=0",
-             "--config.num_epochs=1", "--config.batch_size=64", "--config.progress=false"]
+             "--config.num_epochs=1", "--config.batch_size=64", "--config.progress=false",
+             "--config.cpu_devices=0"]  # XLA_FLAGS' 2 devices per process below
     proc = run_main(*flags, f"--workdir={tmp_path / 'one'}")
     assert proc.returncode == 0, proc.stderr
     port = free_port()
