@@ -302,10 +302,7 @@ def _tap_sum_fwd(lhs, rhs, padding):
 
 
 def _tap_sum_bwd(padding, res, g):
-    lhs, rhs = res
-    _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-        x, rhs, (1, 1), padding, dimension_numbers=NHWC), lhs)
-    return input_vjp(g)[0], _weight_grad(lhs, rhs, g, (1, 1), padding)
+    return _kernel_grad_conv_bwd((1, 1), padding, res, g)  # lax's input gradient
 
 
 tap_sum_conv.defvjp(_tap_sum_fwd, _tap_sum_bwd)

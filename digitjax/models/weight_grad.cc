@@ -51,41 +51,39 @@ struct Shape {
   int64_t kh, kw, s;      // kernel and stride
 };
 
-// dw[i, j, c0:c0+CB, f0:f0+FV*kLanes] += the images [n0, n1) of one chunk (c0 may run
-// past c into the next taps of the kernel row: see Plan).
+// dw[i, r0:r0+CB, f0:f0+FV*kLanes] += image n's share, where r runs over kernel row i's
+// kw * c (tap, channel) values (see Plan).
 template <int FV, int CB>
-void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n0,
-           int64_t n1, int64_t i, int64_t j, int64_t c0, int64_t f0) {
+void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n,
+           int64_t i, int64_t r0, int64_t f0) {
   Vec acc[CB][FV];
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < FV; ++v) acc[c][v] = Load(dw + (c0 + c) * sh.f + f0 + v * kLanes);
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* gn = g + n * sh.oh * sh.ow * sh.f + f0;
-    const float* xn = x + n * sh.h * sh.w * sh.c + (i * sh.w + j) * sh.c + c0;
-    for (int64_t y = 0; y < sh.oh; ++y) {
-      const float* gy = gn + y * sh.ow * sh.f;
-      const float* xy = xn + y * sh.s * sh.w * sh.c;
-      for (int64_t q = 0; q < sh.ow; ++q) {
-        const float* gp = gy + q * sh.f;
-        const float* xq = xy + q * sh.s * sh.c;
-        Vec gv[FV];
+    for (int v = 0; v < FV; ++v) acc[c][v] = Load(dw + (r0 + c) * sh.f + f0 + v * kLanes);
+  const float* gn = g + n * sh.oh * sh.ow * sh.f + f0;
+  const float* xn = x + n * sh.h * sh.w * sh.c + i * sh.w * sh.c + r0;
+  for (int64_t y = 0; y < sh.oh; ++y) {
+    const float* gy = gn + y * sh.ow * sh.f;
+    const float* xy = xn + y * sh.s * sh.w * sh.c;
+    for (int64_t q = 0; q < sh.ow; ++q) {
+      const float* gp = gy + q * sh.f;
+      const float* xq = xy + q * sh.s * sh.c;
+      Vec gv[FV];
 #pragma GCC unroll 4
-        for (int v = 0; v < FV; ++v) gv[v] = Load(gp + v * kLanes);
+      for (int v = 0; v < FV; ++v) gv[v] = Load(gp + v * kLanes);
 #pragma GCC unroll 12
-        for (int c = 0; c < CB; ++c) {
-          const float b = xq[c];
+      for (int c = 0; c < CB; ++c) {
+        const float b = xq[c];
 #pragma GCC unroll 4
-          for (int v = 0; v < FV; ++v) acc[c][v] += b * gv[v];
-        }
+        for (int v = 0; v < FV; ++v) acc[c][v] += b * gv[v];
       }
     }
   }
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < FV; ++v) Store(dw + (c0 + c) * sh.f + f0 + v * kLanes, acc[c][v]);
+    for (int v = 0; v < FV; ++v) Store(dw + (r0 + c) * sh.f + f0 + v * kLanes, acc[c][v]);
 }
 
 using BlockFn = void (*)(const float*, const float*, float*, const Shape&, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, int64_t);
+                         int64_t, int64_t);
 
 template <int FV, int... CB>
 BlockFn PickChannels(int cb, std::integer_sequence<int, CB...>) {
@@ -115,7 +113,7 @@ BlockFn Pick(int fv, int cb) {
 // that divide them and fit the accumulators beside it.
 struct Plan {
   int64_t f0;
-  int fv, cb;
+  int cb;
   BlockFn block;
 };
 
@@ -127,7 +125,7 @@ std::vector<Plan> Blocking(int64_t row, int64_t f) {
     for (int b = 12; b > 1; --b) {
       if (row % b == 0 && b * fv <= kAccumulators) { cb = b; break; }
     }
-    plans.push_back({f0, fv, cb, Pick(fv, cb)});
+    plans.push_back({f0, cb, Pick(fv, cb)});
   }
   return plans;
 }
@@ -143,8 +141,8 @@ void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t i = 0; i < sh.kh; ++i)
       for (const Plan& p : plans)
-        for (int64_t c0 = 0; c0 < row; c0 += p.cb)
-          p.block(x, g, part + i * row * sh.f, sh, n, n + 1, i, 0, c0, p.f0);
+        for (int64_t r0 = 0; r0 < row; r0 += p.cb)
+          p.block(x, g, part + i * row * sh.f, sh, n, i, r0, p.f0);
 }
 
 struct Work {
