@@ -222,7 +222,7 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
     with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
                        "1, 0 or names from space_to_depth, row_split, pool, pointwise, taps, "
-                       "weight_grad"):
+                       "weight_grad, bn_relu"):
         routes()
 
 

@@ -69,6 +69,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    (`python experiments/weight_grad_forms.py`); whole training step, kernel off and on,
    paired on one device: cnn 1.35x, strided_cnn 1.45x (experiments/README.md, session 15).
 
+`pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
+one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.
+
 All but `pointwise` (and models/pool.py's max pools) are custom VJPs: reverse mode only
 (`jax.grad`, `jax.vjp`); forward-mode derivatives (`jax.jvp`, `jax.jacfwd`) of a model
 using them need DIGITJAX_CPU_CONV_TRICKS=0 (or `pointwise` alone).
@@ -207,7 +210,8 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 
 
 TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
-          "weight_grad")  # pool: models/pool.py; weight_grad: models/weight_grad.py
+          "weight_grad", "bn_relu")  # pool: models/pool.py; weight_grad: models/weight_grad.py;
+          # bn_relu: models/norm.py
 
 
 def enabled_tricks() -> tuple[str, ...]:

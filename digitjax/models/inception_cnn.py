@@ -35,7 +35,7 @@ class InceptionCNN(nn.Module):
         def conv(x, f, k):
             x = nn.Conv(f, (k, k), padding="SAME", use_bias=False, dtype=self.dtype,
                         conv_general_dilated=cpu_conv)(x)
-            return nn.relu(batch_norm(train, dtype=self.dtype)(x))
+            return batch_norm(train, relu=True, dtype=self.dtype)(x)
 
         x = conv(x, self.features[0] // 2, 3)
         for i, f in enumerate(self.features):

@@ -40,7 +40,7 @@ class KernelCNN(nn.Module):
         for f in self.features:
             x = nn.Conv(f, (k, k), padding="VALID", use_bias=False, dtype=self.dtype,
                         conv_general_dilated=cpu_conv)(x)
-            x = nn.relu(batch_norm(train, dtype=self.dtype)(x))
+            x = batch_norm(train, relu=True, dtype=self.dtype)(x)
         x = x.reshape((x.shape[0], -1))
         x = batch_norm(train, dtype=self.dtype)(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

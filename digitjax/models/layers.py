@@ -7,15 +7,18 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from digitjax.models.norm import BatchNorm
 
-def batch_norm(train: bool, **kwargs) -> nn.BatchNorm:
-    """Every model's batch norm: batch statistics in training, running ones after.
+
+def batch_norm(train: bool, relu: bool = False, **kwargs) -> nn.BatchNorm:
+    """Every model's batch norm: batch statistics in training, running ones after;
+    `relu` puts a ReLU after it, fused with it in training on CPU (models/norm.py).
 
     With a `dtype` of bfloat16 the output is bfloat16, while flax computes the batch
     mean and variance in float32 and keeps the running statistics (and scale/bias)
     in float32 (`param_dtype`).
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, **kwargs)
+    return BatchNorm(use_running_average=not train, momentum=0.9, relu=relu, **kwargs)
 
 
 def classifier(num_classes: int, **kwargs: Any) -> nn.Dense:

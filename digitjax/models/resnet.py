@@ -22,7 +22,7 @@ class ResidualBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False,
                     conv_general_dilated=cpu_conv, dtype=self.dtype)(x)
-        y = nn.relu(batch_norm(train, dtype=self.dtype)(y))
+        y = batch_norm(train, relu=True, dtype=self.dtype)(y)
         y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
         # the block starts as identity
         y = batch_norm(train, scale_init=nn.initializers.zeros, dtype=self.dtype)(y)
@@ -45,7 +45,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = nn.Conv(self.features[0], (3, 3), use_bias=False, dtype=self.dtype)(x)
-        x = nn.relu(batch_norm(train, dtype=self.dtype)(x))
+        x = batch_norm(train, relu=True, dtype=self.dtype)(x)
         for i, f in enumerate(self.features):
             for j in range(self.blocks_per_stage):
                 x = ResidualBlock(f, stride=2 if i > 0 and j == 0 else 1, dtype=self.dtype)(

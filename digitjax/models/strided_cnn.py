@@ -31,7 +31,7 @@ class StridedCNN(nn.Module):
         def conv(x, f, k, stride=1, padding="SAME"):
             x = nn.Conv(f, (k, k), strides=stride, padding=padding, use_bias=False,
                         conv_general_dilated=cpu_conv, dtype=self.dtype)(x)
-            return nn.relu(batch_norm(train, dtype=self.dtype)(x))
+            return batch_norm(train, relu=True, dtype=self.dtype)(x)
 
         for f in self.features:
             x = conv(x, f, 3, padding="VALID")
