@@ -40,7 +40,7 @@ class CNN(nn.Module):
                 x = nn.Conv(f, k, use_bias=not self.batch_norm, dtype=self.dtype,
                             conv_general_dilated=cpu_conv)(x)
                 x = (batch_norm(train, relu=True, dtype=self.dtype)(x) if self.batch_norm
-             else nn.relu(x))
+                     else nn.relu(x))
             x = avg_pool(x, (2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense, use_bias=not self.batch_norm, dtype=self.dtype)(x)

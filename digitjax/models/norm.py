@@ -73,7 +73,8 @@ def _backward(epsilon, res, cotangents):
 def bn_relu(x: jax.Array, scale: jax.Array, bias: jax.Array,
             epsilon: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
     """relu(batch_norm(x)) over all but the last axis, with batch statistics, and the
-    batch's mean and (biased) variance for the running averages. Reverse mode only."""
+    batch's mean and (biased) variance for the running averages (no gradient flows back
+    through those two). Reverse mode only."""
     return _forward(x, scale, bias, epsilon)[0]
 
 
@@ -107,7 +108,8 @@ class BatchNorm(nn.BatchNorm):
     def _fusable(self, x: jax.Array) -> bool:
         """Whether this call is what `bn_relu` computes: float32, the last axis, scale
         and bias, no cross-device axis name (a jit-sharded batch is reduced by XLA)."""
-        return (x.dtype == jnp.float32 and self.dtype in (None, jnp.float32)
+        return (x.dtype == jnp.float32
+                and (self.dtype is None or jnp.dtype(self.dtype) == jnp.float32)
                 and self.param_dtype == jnp.float32 and self.axis in (-1, x.ndim - 1)
                 and self.use_bias and self.use_scale and self.axis_name is None
                 and self.use_fast_variance and self.force_float32_reductions
