@@ -1,5 +1,5 @@
 """Batch norm followed by a ReLU, as one layer whose gradient XLA:CPU runs in fewer
-passes over the activations (`bn_relu`, trick 6 of models/conv.py's TRICKS).
+passes over the activations (`bn_relu`, one of models/conv.py's TRICKS).
 
 A training step's batch norms are memory-bound: each reads and writes a whole
 activation (128x26x26x32 floats = 11 MB) several times, at the 8-16 GB/s the shared
