@@ -7,6 +7,11 @@ parameters after one step of `configs/inception_cnn.py`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pandas as pd
@@ -58,3 +63,35 @@ def test_cpu_tricks_train_like_plain_xla(name, shared_data, monkeypatch):
     assert fast_finite and plain_finite
     # the same sums in another order: float32 rounding apart, step after step
     np.testing.assert_allclose(fast, plain, rtol=1e-3)
+
+
+ONE_DEVICE = """
+import os, sys, types
+import jax, numpy as np, pandas as pd
+from digitjax.models import weight_grad
+from tests.test_cpu_tricks import BATCH, STEPS, losses
+assert jax.device_count() == 1 and weight_grad.usable()
+rows = pd.read_csv(sys.argv[1], nrows=STEPS * BATCH)
+images = rows.iloc[:, 1:].to_numpy(np.uint8).reshape(-1, 28, 28, 1)
+labels = rows["label"].to_numpy(np.int32)
+env = types.SimpleNamespace(setenv=os.environ.__setitem__)
+for name in sys.argv[2:]:
+    (fast, fast_finite), (plain, plain_finite) = (losses(name, t, images, labels, env)
+                                                  for t in ("1", "0"))
+    assert fast_finite and plain_finite, name
+    np.testing.assert_allclose(fast, plain, rtol=1e-3, err_msg=name)
+print("ok")
+"""
+
+
+def test_on_one_device_the_kernels_train_like_plain_xla(shared_data):
+    """The C++ kernels (`weight_grad`, `direct`) run where the process has one XLA device,
+    as the shipped configs do (`cpu_devices = 1`); this pytest process has two. The
+    networks whose every conv takes them: kernel_cnn:7 (VALID 7x7) and the default CNN
+    (SAME 3x3)."""
+    env = {**os.environ, "DIGITJAX_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_DEVICE, str(shared_data / "digit-recognizer" / "train.csv"),
+         "kernel_cnn:7", "cnn"], env=env, capture_output=True, text=True, check=False,
+        cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

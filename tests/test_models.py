@@ -193,16 +193,16 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
             x, w[:1, :1], (1, 1), "SAME", dimension_numbers=dims))(x))
 
     def padded() -> str:
-        """the custom VJP a padded stride-1 conv (12x12 out) takes: lax's conv with the
-        weight_grad kernel's gradient, or none (lax)"""
+        """the custom VJP a padded stride-1 conv (12x12 out) takes: the direct kernel,
+        lax's conv with the weight_grad kernel's gradient, or none (lax)"""
         jaxpr = str(jax.make_jaxpr(lambda x: cpu_conv(
             x, w, (1, 1), "SAME", dimension_numbers=dims))(x))
-        return "_kernel_grad_conv" if "name=_kernel_grad_conv" in jaxpr else (
-            "custom_vjp" if "custom_vjp" in jaxpr else "")
+        return next((name for name in ("_direct_conv", "_kernel_grad_conv")
+                     if f"name={name}" in jaxpr), "custom_vjp" if "custom_vjp" in jaxpr else "")
 
-    # the kernel's route where this process has one device (test_weight_grad.py checks
-    # it there); on digitjax's 2-device split, lax
-    kernel = "_kernel_grad_conv" if weight_grad.usable() else ""
+    # the kernels' routes where this process has one device (test_weight_grad.py and
+    # test_direct_conv.py check them there); on digitjax's 2-device split, lax
+    kernel = "_direct_conv" if weight_grad.usable() else ""
     assert routes() == (True, True) and pointwise() and taps()
     assert padded() == kernel
     for value, expected in [("0", (False, False)), ("row_split", (True, False)),
@@ -218,11 +218,11 @@ def test_each_cpu_trick_switches_off_alone(monkeypatch):
     assert routes() == (False, False) and not pointwise() and taps()
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "weight_grad")
     assert routes() == (False, False) and not pointwise() and not taps()
-    assert padded() == kernel
+    assert padded() == ("_kernel_grad_conv" if kernel else "")
     monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "row_split,fast")
     with pytest.raises(UserError, match="DIGITJAX_CPU_CONV_TRICKS='row_split,fast': expected "
                        "1, 0 or names from space_to_depth, row_split, pool, pointwise, taps, "
-                       "weight_grad, bn_relu"):
+                       "weight_grad, bn_relu, direct"):
         routes()
 
 

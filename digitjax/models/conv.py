@@ -1,4 +1,4 @@
-"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Five tricks,
+"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Six tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
 picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
@@ -69,6 +69,16 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    (`python experiments/weight_grad_forms.py`); whole training step, kernel off and on,
    paired on one device: cnn 1.35x, strided_cnn 1.45x (experiments/README.md, session 15).
 
+6. `direct`: the forward pass and input gradient of a float32 stride-1 convolution
+   (`_direct_conv`) as one direct kernel, an XLA FFI custom call
+   (models/direct_conv.py, direct_conv.cc) that skips the taps falling in the padding
+   (the input gradient is a convolution of the output gradient padded by k - 1, whose
+   padding Eigen multiplies and the row split above still does along the width) and
+   keeps a block of images x output features in registers. Used where the process has
+   one XLA device, like `weight_grad`; it takes the convolutions `taps` and `pointwise`
+   leave, before the row split. Per layer at batch 128 (`python
+   experiments/direct_conv_layers.py`): MEASURE. Whole training step, on and off: MEASURE.
+
 `pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
 one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.
 
@@ -89,7 +99,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from digitjax.errors import UserError
-from digitjax.models import weight_grad
+from digitjax.models import direct_conv, weight_grad
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # the layout flax's nn.Conv uses, and the only one rearranged
 
@@ -190,6 +200,25 @@ def _kernel_grad_conv_bwd(strides, pads, res, g):
 _kernel_grad_conv.defvjp(_kernel_grad_conv_fwd, _kernel_grad_conv_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _direct_conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
+    """The `direct` kernel's stride-1 convolution and input gradient, the weight
+    gradient `_weight_grad`'s."""
+    return direct_conv.conv(x, w, pads)
+
+
+def _direct_conv_fwd(x, w, pads):
+    return _direct_conv(x, w, pads), (x, w)
+
+
+def _direct_conv_bwd(pads, res, g):
+    x, w = res
+    return direct_conv.input_grad(g, w, pads, x.shape), _weight_grad(x, w, g, (1, 1), pads)
+
+
+_direct_conv.defvjp(_direct_conv_fwd, _direct_conv_bwd)
+
+
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
@@ -210,8 +239,8 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 
 
 TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
-          "weight_grad", "bn_relu")  # pool: models/pool.py; weight_grad: models/weight_grad.py;
-          # bn_relu: models/norm.py
+          "weight_grad", "bn_relu", "direct")  # pool: models/pool.py; weight_grad:
+          # models/weight_grad.py; bn_relu: models/norm.py; direct: models/direct_conv.py
 
 
 def enabled_tricks() -> tuple[str, ...]:
@@ -316,9 +345,10 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
              lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count: int = 1, precision=None) -> jax.Array:
     """Drop-in for `lax.conv_general_dilated` as flax's `nn.Conv` calls it: a strided
-    NHWC convolution goes to `space_to_depth_conv`; a stride-1 one without padding, or
-    whose output is smaller than its kernel, to `padded_valid_conv`; anything else (and
-    what the switches turn off) to lax."""
+    NHWC convolution goes to `space_to_depth_conv`; a stride-1 one to `pointwise_conv`
+    (1x1), `tap_sum_conv` (few input channels) or the `direct` kernel; where that is not
+    available, one without padding, or whose output is smaller than its kernel, to
+    `padded_valid_conv`; anything else (and what the switches turn off) to lax."""
     if _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                    feature_group_count):
         if any(s != 1 for s in window_strides):
@@ -331,6 +361,8 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
         pads = _explicit_pads(lhs, rhs, (1, 1), padding)
         if rhs.shape[2] <= TAPS_MAX_CHANNELS and precision is None and tricks_on("taps"):
             return tap_sum_conv(lhs, rhs, pads)
+        if precision is None and tricks_on("direct") and direct_conv.takes(lhs, rhs, pads):
+            return _direct_conv(lhs, rhs, pads)
         out_h, out_w = (lhs.shape[i + 1] + sum(pads[i]) - k + 1 for i, k in enumerate((kh, kw)))
         # the row split where it was measured faster: unpadded, or an output smaller
         # than the kernel; a padded conv's padding and gradient cost more (see the top)

@@ -13,37 +13,16 @@
 // not depend on the thread count or on timing.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <cstring>
-#include <memory>
-#include <mutex>
 #include <utility>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "kernels.h"
 
 namespace ffi = xla::ffi;
 
+namespace digitjax {
 namespace {
-
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;  // floats per vector register
-constexpr int kAccumulators = 24;  // of 32 registers; the rest hold g and a broadcast
-#else
-constexpr int kLanes = 8;
-constexpr int kAccumulators = 12;  // of 16
-#endif
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
 struct Shape {
   int64_t h, w, c;        // padded input, per image
@@ -145,13 +124,6 @@ void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t
           p.block(x, g, part + i * row * sh.f, sh, n, i, r0, p.f0);
 }
 
-struct Work {
-  std::atomic<int64_t> next{0};
-  int64_t done = 0;
-  std::mutex mu;
-  std::condition_variable cv;
-};
-
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                       int64_t stride, ffi::ResultBuffer<ffi::F32> dw) {
   const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
@@ -177,25 +149,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   auto run = [=, &plans](int64_t k) {
     Chunk(xs, gs, ps + k * size, sh, n * k / chunks, n * (k + 1) / chunks, plans);
   };
-  auto work = std::make_shared<Work>();
-  // Workers (XLA's intra-op threads, and this one) take chunks until none are left;
-  // a worker that starts late finds none and only drops its reference.
-  auto worker = [work, run, chunks]() {
-    int64_t taken = 0;
-    for (int64_t k; (k = work->next.fetch_add(1)) < chunks; ++taken) run(k);
-    if (taken) {
-      std::lock_guard<std::mutex> lock(work->mu);
-      work->done += taken;
-      work->cv.notify_all();
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([worker] { worker(); });
-  worker();
-  {
-    std::unique_lock<std::mutex> lock(work->mu);
-    work->cv.wait(lock, [&] { return work->done == chunks; });
-  }
+  ParallelFor(pool, chunks, chunks, run);
   std::copy(ps, ps + size, out);
   for (int64_t k = 1; k < chunks; ++k) {
     const float* p = ps + k * size;
@@ -205,8 +159,9 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 }
 
 }  // namespace
+}  // namespace digitjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, WeightGrad,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, digitjax::WeightGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -215,4 +170,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, WeightGrad,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 // The vector width this build computes in (floats), for the Python side's padding.
-extern "C" int DigitjaxWeightGradLanes() { return kLanes; }
+extern "C" int DigitjaxWeightGradLanes() { return digitjax::kLanes; }

@@ -5,11 +5,13 @@ peak (on the AVX-512 host, 1.6-3.8x PyTorch's oneDNN time per layer; every other
 is at parity: experiments/README.md, "on the AVX-512 host the gap is the weight
 gradient").
 
-The kernel is compiled on first use with the machine's C++ compiler (`c++`, or $CXX),
-for this CPU (`-march=native`), against the FFI headers jaxlib ships, into
-`$DIGITJAX_KERNEL_CACHE` (default `~/.cache/digitjax/kernels`; one file per source,
-jaxlib version and CPU, written atomically), and loaded from there afterwards. Where it
-cannot be built, `weight_grad` warns once and lax's gradient runs instead. It takes
+This module also builds and registers digitjax's C++ kernels, this one and
+direct_conv.cc's (models/direct_conv.py), as one library: compiled on first use with
+the machine's C++ compiler (`c++`, or $CXX), for this CPU (`-march=native`), against the
+FFI headers jaxlib ships, into `$DIGITJAX_KERNEL_CACHE` (default
+`~/.cache/digitjax/kernels`; one file per version of the sources, jaxlib and CPU,
+written atomically), and loaded from there afterwards. Where it cannot be built,
+digitjax warns once and lax's convolutions run instead. It takes
 float32 convolutions; output channels that are not a multiple of the vector width (8,
 or 16 with AVX-512) are padded with zeros up to one (the CPU-width `kernel_cnn` members'
 24-66 channels).
@@ -34,8 +36,10 @@ import jaxlib
 import numpy as np
 from jax import lax
 
-SOURCE = Path(__file__).with_name("weight_grad.cc")
+SOURCE_DIR = Path(__file__).parent
+SOURCES = tuple(SOURCE_DIR / name for name in ("weight_grad.cc", "direct_conv.cc", "kernels.h"))
 TARGET = "digitjax_conv_weight_grad"
+DIRECT_TARGET = "digitjax_direct_conv"  # models/direct_conv.py
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
 
@@ -51,9 +55,19 @@ def _cpu_flags() -> str:
 def _library_path() -> Path:
     cache = Path(os.environ.get("DIGITJAX_KERNEL_CACHE")
                  or Path.home() / ".cache" / "digitjax" / "kernels")
-    key = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode()
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + jaxlib.__version__.encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
-    return cache / f"weight_grad-{key}.so"
+    return cache / f"conv_kernels-{key}.so"
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Runs the commands side by side; raises with the first failure's message."""
+    running = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)) for cmd in commands]
+    for cmd, proc in running:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
 
 
 def _build(path: Path) -> None:
@@ -61,23 +75,26 @@ def _build(path: Path) -> None:
     if not compiler:
         raise RuntimeError("no C++ compiler (c++, g++ or $CXX) on this machine")
     path.parent.mkdir(parents=True, exist_ok=True)
+    flags = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        sources = [p for p in SOURCES if p.suffix == ".cc"]
+        objects = [str(Path(tmp) / f"{p.stem}.o") for p in sources]
         out = Path(tmp) / path.name
-        cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+        _run_all([[compiler, *flags, "-c", str(p), "-o", o]  # side by side: 6-9 s each
+                  for p, o in zip(sources, objects, strict=True)])
+        _run_all([[compiler, "-shared", *objects, "-o", str(out)]])
         os.replace(out, path)  # atomic: a concurrent process loads a whole file or builds
 
 
 def _register() -> int:
-    """Builds (once per machine) and registers the kernel; its vector width."""
+    """Builds (once per machine) and registers the kernels; their vector width."""
     path = _library_path()
     if not path.exists():
         _build(path)
     library = ctypes.cdll.LoadLibrary(str(path))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DigitjaxConvWeightGrad),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(DIRECT_TARGET, jax.ffi.pycapsule(library.DigitjaxDirectConv),
                                 platform="cpu")
     return int(library.DigitjaxWeightGradLanes())  # 16 where it was built for AVX-512
 

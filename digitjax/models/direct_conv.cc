@@ -1,0 +1,145 @@
+// A float32 NHWC/HWIO stride-1 convolution with implicit zero padding, as one direct
+// kernel, an XLA FFI custom call for the CPU (digitjax/models/direct_conv.py):
+//
+//   out[n, y, x, f] = sum over i, j, c of  in[n, y + i - ph, x + j - pw, c] * w[i, j, c, f]
+//
+// where taps that fall outside `in` are skipped, not multiplied by zeros. That is what
+// a VALID convolution's input gradient needs: it is this convolution of the output
+// gradient with the flipped, transposed kernel and padding k - 1, and Eigen (through
+// XLA:CPU) multiplies all that padding, (h/o)^2 times the useful work.
+//
+// The images are taken P at a time: a tile of P images' input rows is packed so that
+// the P values of one (row, column, channel) lie side by side, and a block of
+// (P images x up to 4 vectors of output features) accumulators stays in registers
+// while the taps and channels stream past, each weight vector loaded once per block
+// and each input value broadcast from the packed rows. All P images share one output
+// pixel, so they share which taps are in bounds. Work items (a tile, an output row)
+// write disjoint outputs: the result does not depend on the thread count.
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "kernels.h"
+
+namespace ffi = xla::ffi;
+
+namespace digitjax {
+namespace {
+
+struct Dims {
+  int64_t n, h, w, c;   // input
+  int64_t oh, ow, f;    // output (f a whole number of vectors)
+  int64_t kh, kw;       // kernel
+  int64_t ph, pw;       // low padding (the high padding follows from oh, ow)
+};
+
+// out[n0:n0+P, y, x, f0:f0+FV*kLanes] from the tile's packed input
+// (packed[((row * w + col) * c + ch) * P + p] = in[n0 + p, row, col, ch]).
+template <int P, int FV>
+void Pixel(const float* packed, const float* wt, float* out, const Dims& d, int64_t y,
+           int64_t x, int64_t f0) {
+  Vec acc[P][FV];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < FV; ++v) acc[p][v] = Vec{};
+  const int64_t i0 = std::max<int64_t>(0, d.ph - y), i1 = std::min(d.kh, d.h + d.ph - y);
+  const int64_t j0 = std::max<int64_t>(0, d.pw - x), j1 = std::min(d.kw, d.w + d.pw - x);
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* src = packed + ((y + i - d.ph) * d.w + x + j - d.pw) * d.c * P;
+      const float* wij = wt + (i * d.kw + j) * d.c * d.f + f0;
+      for (int64_t ch = 0; ch < d.c; ++ch) {
+        Vec wv[FV];
+#pragma GCC unroll 4
+        for (int v = 0; v < FV; ++v) wv[v] = Load(wij + ch * d.f + v * kLanes);
+#pragma GCC unroll 12
+        for (int p = 0; p < P; ++p) {
+          const float b = src[ch * P + p];
+#pragma GCC unroll 4
+          for (int v = 0; v < FV; ++v) acc[p][v] += b * wv[v];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < FV; ++v)
+      Store(out + ((p * d.oh + y) * d.ow + x) * d.f + f0 + v * kLanes, acc[p][v]);
+}
+
+using PixelFn = void (*)(const float*, const float*, float*, const Dims&, int64_t, int64_t,
+                         int64_t);
+
+constexpr int kMaxTile = 12;  // images per tile at most
+
+template <int FV, int... P>
+PixelFn PickTile(int p, std::integer_sequence<int, P...>) {
+  PixelFn table[] = {&Pixel<P + 1, FV>...};
+  return table[p - 1];
+}
+
+PixelFn Pick(int p, int fv) {
+  using Tiles = std::make_integer_sequence<int, kMaxTile>;
+  switch (fv) {
+    case 1: return PickTile<1>(p, Tiles());
+    case 2: return PickTile<2>(p, Tiles());
+    case 3: return PickTile<3>(p, Tiles());
+    default: return PickTile<4>(p, Tiles());
+  }
+}
+
+// Images n0:n0+p of `in`, packed for Pixel.
+void Pack(const float* in, float* packed, const Dims& d, int64_t n0, int64_t p) {
+  const int64_t image = d.h * d.w * d.c;
+  for (int64_t q = 0; q < p; ++q) {
+    const float* src = in + (n0 + q) * image;
+    for (int64_t e = 0; e < image; ++e) packed[e * p + q] = src[e];
+  }
+}
+
+ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                      int64_t pad_h, int64_t pad_w, ffi::ResultBuffer<ffi::F32> out,
+                      ffi::ResultBuffer<ffi::F32> scratch) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || od.size() != 4 || xd[0] != od[0] ||
+      wd[2] != xd[3] || wd[3] != od[3] || od[3] % kLanes != 0 || pad_h < 0 || pad_w < 0 ||
+      od[1] < 1 || od[2] < 1 || scratch->element_count() != x.element_count()) {
+    return ffi::Error::InvalidArgument("direct conv: shapes do not match");
+  }
+  const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], pad_h, pad_w};
+  const int64_t vecs = d.f / kLanes;
+  const int fv = static_cast<int>(std::min<int64_t>(4, vecs));
+  const int tile = std::min(kMaxTile, kAccumulators / fv);
+  const int64_t tiles = (d.n + tile - 1) / tile;
+  const float* in = x.typed_data();
+  const float* wt = w.typed_data();
+  float* o = out->typed_data();
+  float* packed = scratch->typed_data();  // n * h * w * c, tile by tile
+  const int64_t image = d.h * d.w * d.c;
+  ParallelFor(pool, tiles, pool.num_threads(), [=](int64_t t) {
+    Pack(in, packed + t * tile * image, d, t * tile, std::min<int64_t>(tile, d.n - t * tile));
+  });
+  ParallelFor(pool, tiles * d.oh, pool.num_threads(), [=](int64_t k) {
+    const int64_t t = k / d.oh, y = k % d.oh;
+    const int64_t n0 = t * tile, p = std::min<int64_t>(tile, d.n - n0);
+    float* on = o + n0 * d.oh * d.ow * d.f;
+    for (int64_t f0 = 0; f0 < d.f; f0 += 4 * kLanes) {
+      const int v = static_cast<int>(std::min<int64_t>(4, (d.f - f0) / kLanes));
+      const PixelFn pixel = Pick(static_cast<int>(p), v);
+      for (int64_t xx = 0; xx < d.ow; ++xx) pixel(packed + n0 * image, wt, on, d, y, xx, f0);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace digitjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxDirectConv, digitjax::DirectConv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pad_h")
+                                  .Attr<int64_t>("pad_w")
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // out
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // scratch, as large as x

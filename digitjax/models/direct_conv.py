@@ -1,0 +1,57 @@
+"""The `direct` CPU trick's kernel: a stride-1 NHWC/HWIO convolution with implicit zero
+padding as one direct C++ kernel (direct_conv.cc, an XLA FFI custom call, built and
+registered with weight_grad.cc's kernel by models/weight_grad.py). Taps that fall in
+the padding are skipped rather than multiplied, which is what a convolution's input
+gradient (a convolution of the output gradient padded by k - 1) needs. models/conv.py
+says where it is used and what it was measured at.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digitjax.models import weight_grad
+
+
+def takes(x: jax.Array, w: jax.Array, pads) -> bool:
+    """Whether the kernel computes this stride-1 convolution here: float32, one XLA
+    device with the kernels built (`weight_grad.usable`), and each low padding at most
+    the kernel size - 1 (so that the input gradient's is not negative); the high padding
+    may be anything."""
+    return (all(a.dtype == jnp.float32 for a in (x, w))
+            and all(0 <= lo < k for (lo, _), k in zip(pads, w.shape[:2], strict=True))
+            and all(hi >= 0 for _, hi in pads) and weight_grad.usable())
+
+
+def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
+    """The stride-1 convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high)
+    pairs for H and W. Output features that are not a whole number of vectors (8, or 16
+    with AVX-512) are computed with zero weights added, and dropped."""
+    lanes = weight_grad.lanes()
+    if lanes is None:
+        raise RuntimeError("the direct convolution kernel is not available")
+    kh, kw, _, f = w.shape
+    out_h = x.shape[1] + sum(pads[0]) - kh + 1
+    out_w = x.shape[2] + sum(pads[1]) - kw + 1
+    wide = -(-f // lanes) * lanes
+    if wide != f:
+        w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, wide - f)))
+    out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
+        weight_grad.DIRECT_TARGET,
+        (jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, wide), jnp.float32),
+         jax.ShapeDtypeStruct(x.shape, jnp.float32)),
+        vmap_method="sequential")(x, w, pad_h=np.int64(pads[0][0]), pad_w=np.int64(pads[1][0]))
+    return out if wide == f else out[..., :f]
+
+
+def input_grad(g: jax.Array, w: jax.Array, pads, x_shape) -> jax.Array:
+    """The input gradient of `conv(x, w, pads)` for output gradient `g`: the convolution
+    of g with the flipped kernel, its input and output channels swapped, padded by
+    k - 1 - low."""
+    kh, kw = w.shape[:2]
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    back = ((kh - 1 - pads[0][0], x_shape[1] - g.shape[1] + pads[0][0]),
+            (kw - 1 - pads[1][0], x_shape[2] - g.shape[2] + pads[1][0]))
+    return conv(g, flipped, back)

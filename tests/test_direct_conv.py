@@ -1,0 +1,98 @@
+"""The `direct` CPU trick (models/direct_conv.py, direct_conv.cc): stride-1 convolutions
+and their input gradients as one direct kernel that skips the taps in the padding. Its
+outputs equal lax's to rounding and are the same from run to run; models use it on one
+XLA device, for the convolutions `taps` and `pointwise` leave."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from digitjax.models import direct_conv, weight_grad
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("batch,size,channels,features,kernel,padding", [
+    (29, 10, 48, 64, 7, "VALID"),      # kernel_cnn:7's last layer; 29 images: a short tile
+    (13, 16, 32, 48, 7, "VALID"),      # 3 vectors of features: tiles of 8 with AVX-512
+    (6, 12, 12, 36, 5, "VALID"),       # kernel_cnn:5's widths: 36 features padded
+    (5, 14, 32, 64, 3, "SAME"),        # the default CNN's second conv
+    (1, 28, 1, 32, 3, "SAME"),         # one image, one channel
+    (4, (9, 7), 5, 16, (3, 2), ((2, 0), (1, 3))),  # uneven kernel, padding, image
+    (3, 6, 8, 8, 3, ((0, 5), (2, 0))),  # high padding past the kernel: output rows of zeros
+])
+def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, features, kernel,
+                                                       padding):
+    if weight_grad.lanes() is None:
+        pytest.fail(f"the kernels did not build: {weight_grad._state.get('error')}")
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    h, w_ = (size, size) if isinstance(size, int) else size
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, h, w_, channels))
+    w = jax.random.normal(kk, (kh, kw, channels, features))
+    pads = (lax.padtype_to_pads((h, w_), (kh, kw), (1, 1), padding)
+            if isinstance(padding, str) else padding)
+    y, pull = jax.vjp(lambda x: lax.conv_general_dilated(x, w, (1, 1), pads,
+                                                         dimension_numbers=DIMS), x)
+    g = jax.random.normal(kg, y.shape)
+    forward = jax.jit(lambda x, w: direct_conv.conv(x, w, pads))
+    backward = jax.jit(lambda g, w: direct_conv.input_grad(g, w, pads, x.shape))
+    for fast, slow in ((forward(x, w), y), (backward(g, w), pull(g)[0])):
+        assert fast.shape == slow.shape
+        np.testing.assert_allclose(fast, slow, rtol=1e-4,
+                                   atol=1e-5 * float(jnp.abs(slow).max()))
+    assert np.array_equal(forward(x, w), forward(x, w))  # each output is one work item's
+
+
+def test_takes_float32_with_padding_the_input_gradient_can_mirror():
+    x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 16))
+    usable = weight_grad.usable()  # False in this 2-device pytest process
+    assert direct_conv.takes(x, w, ((1, 1), (1, 1))) == usable
+    assert direct_conv.takes(x, w, ((0, 0), (2, 5))) == usable
+    assert not direct_conv.takes(x.astype(jnp.bfloat16), w, ((1, 1), (1, 1)))
+    assert not direct_conv.takes(x, w, ((3, 0), (0, 0)))  # low padding >= kernel size
+    assert not direct_conv.takes(x, w, ((0, -1), (0, 0)))  # a crop
+
+
+ONE_DEVICE = """
+import os
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from digitjax.models.conv import cpu_conv
+dims = ("NHWC", "HWIO", "NHWC")
+for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
+                               ((4, 9, 9, 8), (3, 3, 8, 16), "SAME")]:
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    g = jax.random.normal(jax.random.key(2), jax.eval_shape(
+        lambda: cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)).shape)
+    loss = lambda x, w: jnp.vdot(g, cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims))
+    for tricks, uses in (("1", True), ("0", False), ("row_split,taps,weight_grad", False)):
+        os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
+        hlo = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).as_text()
+        assert (hlo.count("digitjax_direct_conv") == 2) == uses, (shape, tricks)
+        dx, dw = jax.grad(loss, (0, 1))(x, w)
+        dx0, dw0 = jax.grad(lambda x, w: jnp.vdot(g, lax.conv_general_dilated(
+            x, w, (1, 1), padding, dimension_numbers=dims)), (0, 1))(x, w)
+        assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
+                                                                           atol=1e-3), tricks
+print("ok")
+"""
+
+
+def test_on_one_device_stride_1_convolutions_take_the_kernel_both_ways():
+    """Forward pass and input gradient (two custom calls in the gradient's program) on
+    one XLA device with the trick on; none with it off. This pytest process has
+    digitjax's 2-device split, where lax's convolutions run."""
+    env = {**os.environ, "DIGITJAX_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+    done = subprocess.run([sys.executable, "-c", ONE_DEVICE], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
