@@ -25,10 +25,13 @@ from digitjax import loop, train
 
 
 def fusion_summary(hlo: str, name: str) -> str:
-    """Output shape and the ops inside the fusion called `name`, from the HLO text."""
+    """Output shape and the ops inside the fusion called `name`, from the HLO text (a
+    custom call's target and operands)."""
     m = re.search(r"\n  %" + re.escape(name) + r" = (\S+) [^\n]*?calls=%([\w.-]+)", hlo)
-    if not m:
-        return ""
+    if not m:  # a custom call (digitjax's C++ kernels): its target and operand shapes
+        call = re.search(r"\n  %" + re.escape(name) + r" = [^\n]*?custom-call\(([^)]*)\)"
+                         r"[^\n]*?custom_call_target=\"(\w+)\"", hlo)
+        return "" if not call else f"{call.group(2)}({call.group(1)})"
     start = hlo.find("%" + m.group(2) + " ")
     body = hlo[start:hlo.find("\n}", start)]
     ops = sorted(set(re.findall(r"= \w+\[[^\]]*\][^ ]* (\w+)\(", body)) - {"parameter"})

@@ -149,8 +149,11 @@ def _s2d_conv(lhs: jax.Array, rhs: jax.Array, s: int, padding, precision=None) -
     w = jnp.pad(rhs, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
     c, f = rhs.shape[2:]
     w = w.reshape(bh, s, bw, s, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c, f)
-    return lax.conv_general_dilated(_space_to_depth(x, s), w, (1, 1), "VALID",
-                                    dimension_numbers=NHWC, precision=precision)
+    x = _space_to_depth(x, s)
+    if precision is None and tricks_on("direct") and direct_conv.takes(x, w, ((0, 0), (0, 0))):
+        return _direct_conv(x, w, ((0, 0), (0, 0)))  # its input gradient: the kernel's
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC,
+                                    precision=precision)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -29,7 +29,8 @@ namespace {
 
 struct Dims {
   int64_t n, h, w, c;   // input
-  int64_t oh, ow, f;    // output (f a whole number of vectors)
+  int64_t oh, ow, f;    // output; the kernel's f (wf) is a whole number of vectors
+  int64_t wf;
   int64_t kh, kw;       // kernel
   int64_t ph, pw;       // low padding (the high padding follows from oh, ow)
 };
@@ -47,11 +48,11 @@ void Pixel(const float* packed, const float* wt, float* out, const Dims& d, int6
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t j = j0; j < j1; ++j) {
       const float* src = packed + ((y + i - d.ph) * d.w + x + j - d.pw) * d.c * P;
-      const float* wij = wt + (i * d.kw + j) * d.c * d.f + f0;
+      const float* wij = wt + (i * d.kw + j) * d.c * d.wf + f0;
       for (int64_t ch = 0; ch < d.c; ++ch) {
         Vec wv[FV];
 #pragma GCC unroll 4
-        for (int v = 0; v < FV; ++v) wv[v] = Load(wij + ch * d.f + v * kLanes);
+        for (int v = 0; v < FV; ++v) wv[v] = Load(wij + ch * d.wf + v * kLanes);
 #pragma GCC unroll 12
         for (int p = 0; p < P; ++p) {
           const float b = src[ch * P + p];
@@ -61,9 +62,18 @@ void Pixel(const float* packed, const float* wt, float* out, const Dims& d, int6
       }
     }
   }
-  for (int p = 0; p < P; ++p)
-    for (int v = 0; v < FV; ++v)
-      Store(out + ((p * d.oh + y) * d.ow + x) * d.f + f0 + v * kLanes, acc[p][v]);
+  const int64_t tail = d.f - f0 - (FV - 1) * kLanes;  // features in the last vector
+  for (int p = 0; p < P; ++p) {
+    float* op = out + ((p * d.oh + y) * d.ow + x) * d.f + f0;
+    for (int v = 0; v + 1 < FV; ++v) Store(op + v * kLanes, acc[p][v]);
+    if (tail >= kLanes) {
+      Store(op + (FV - 1) * kLanes, acc[p][FV - 1]);
+    } else {  // the padded weights' extra features are dropped here, not sliced off later
+      float last[kLanes];
+      Store(last, acc[p][FV - 1]);
+      std::copy(last, last + tail, op + (FV - 1) * kLanes);
+    }
+  }
 }
 
 using PixelFn = void (*)(const float*, const float*, float*, const Dims&, int64_t, int64_t,
@@ -101,12 +111,13 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                       ffi::ResultBuffer<ffi::F32> scratch) {
   const auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || od.size() != 4 || xd[0] != od[0] ||
-      wd[2] != xd[3] || wd[3] != od[3] || od[3] % kLanes != 0 || pad_h < 0 || pad_w < 0 ||
+      wd[2] != xd[3] || wd[3] % kLanes != 0 || od[3] > wd[3] || od[3] <= wd[3] - kLanes ||
+      pad_h < 0 || pad_w < 0 ||
       od[1] < 1 || od[2] < 1 || scratch->element_count() != x.element_count()) {
     return ffi::Error::InvalidArgument("direct conv: shapes do not match");
   }
-  const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], pad_h, pad_w};
-  const int64_t vecs = d.f / kLanes;
+  const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[3], wd[0], wd[1], pad_h, pad_w};
+  const int64_t vecs = d.wf / kLanes;
   const int fv = static_cast<int>(std::min<int64_t>(4, vecs));
   const int tile = std::min(kMaxTile, kAccumulators / fv);
   const int64_t tiles = (d.n + tile - 1) / tile;
@@ -122,8 +133,8 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     const int64_t t = k / d.oh, y = k % d.oh;
     const int64_t n0 = t * tile, p = std::min<int64_t>(tile, d.n - n0);
     float* on = o + n0 * d.oh * d.ow * d.f;
-    for (int64_t f0 = 0; f0 < d.f; f0 += 4 * kLanes) {
-      const int v = static_cast<int>(std::min<int64_t>(4, (d.f - f0) / kLanes));
+    for (int64_t f0 = 0; f0 < d.wf; f0 += 4 * kLanes) {
+      const int v = static_cast<int>(std::min<int64_t>(4, (d.wf - f0) / kLanes));
       const PixelFn pixel = Pick(static_cast<int>(p), v);
       for (int64_t xx = 0; xx < d.ow; ++xx) pixel(packed + n0 * image, wt, on, d, y, xx, f0);
     }

@@ -28,7 +28,8 @@ def takes(x: jax.Array, w: jax.Array, pads) -> bool:
 def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
     """The stride-1 convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high)
     pairs for H and W. Output features that are not a whole number of vectors (8, or 16
-    with AVX-512) are computed with zero weights added, and dropped."""
+    with AVX-512) are computed with zero weights added, whose outputs the kernel does
+    not write."""
     lanes = weight_grad.lanes()
     if lanes is None:
         raise RuntimeError("the direct convolution kernel is not available")
@@ -40,10 +41,10 @@ def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
         w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, wide - f)))
     out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
         weight_grad.DIRECT_TARGET,
-        (jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, wide), jnp.float32),
+        (jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, f), jnp.float32),
          jax.ShapeDtypeStruct(x.shape, jnp.float32)),
         vmap_method="sequential")(x, w, pad_h=np.int64(pads[0][0]), pad_w=np.int64(pads[1][0]))
-    return out if wide == f else out[..., :f]
+    return out
 
 
 def input_grad(g: jax.Array, w: jax.Array, pads, x_shape) -> jax.Array:

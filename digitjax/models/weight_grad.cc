@@ -125,7 +125,8 @@ void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t
 }
 
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                      int64_t stride, ffi::ResultBuffer<ffi::F32> dw) {
+                      int64_t stride, ffi::ResultBuffer<ffi::F32> dw,
+                      ffi::ResultBuffer<ffi::F32> scratch) {
   const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || xd[0] != gd[0] ||
       wd[2] != xd[3] || wd[3] != gd[3] || gd[3] % kLanes != 0 || stride < 1 ||
@@ -142,10 +143,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::Success();
   }
   const int64_t chunks = std::min(n, kMaxChunks);
-  std::vector<float> parts(static_cast<size_t>(chunks * size));
+  if (scratch->element_count() != std::max<int64_t>(chunks, 1) * size) {
+    return ffi::Error::InvalidArgument("conv weight grad: scratch of the wrong size");
+  }
   const float* xs = x.typed_data();
   const float* gs = g.typed_data();
-  float* ps = parts.data();
+  float* ps = scratch->typed_data();  // the chunks' partial sums
   auto run = [=, &plans](int64_t k) {
     Chunk(xs, gs, ps + k * size, sh, n * k / chunks, n * (k + 1) / chunks, plans);
   };
@@ -167,7 +170,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvWeightGrad, digitjax::WeightGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // dw
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // scratch: chunks x dw
 
 // The vector width this build computes in (floats), for the Python side's padding.
 extern "C" int DigitjaxWeightGradLanes() { return digitjax::kLanes; }

@@ -40,6 +40,7 @@ SOURCE_DIR = Path(__file__).parent
 SOURCES = tuple(SOURCE_DIR / name for name in ("weight_grad.cc", "direct_conv.cc", "kernels.h"))
 TARGET = "digitjax_conv_weight_grad"
 DIRECT_TARGET = "digitjax_direct_conv"  # models/direct_conv.py
+MAX_CHUNKS = 8  # weight_grad.cc's kMaxChunks: partial sums over the batch
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
 
@@ -146,6 +147,10 @@ def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], str
     if wide != features:  # whole vectors of features: zeros added, their gradient dropped
         g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, wide - features)))
     out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], wide), jnp.float32)
-    dw = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
+    # the chunks' partial sums in a buffer XLA allocates, rather than one the kernel
+    # would allocate (and page in) on every call
+    scratch = jax.ShapeDtypeStruct((max(min(x.shape[0], MAX_CHUNKS), 1), *out.shape),
+                                   jnp.float32)
+    dw, _ = jax.ffi.ffi_call(TARGET, (out, scratch), vmap_method="sequential")(
         xp, g, stride=np.int64(stride))
     return dw[..., :features]
