@@ -70,14 +70,21 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    paired on one device: cnn 1.35x, strided_cnn 1.45x (experiments/README.md, session 15).
 
 6. `direct`: the forward pass and input gradient of a float32 stride-1 convolution
-   (`_direct_conv`) as one direct kernel, an XLA FFI custom call
-   (models/direct_conv.py, direct_conv.cc) that skips the taps falling in the padding
-   (the input gradient is a convolution of the output gradient padded by k - 1, whose
-   padding Eigen multiplies and the row split above still does along the width) and
-   keeps a block of images x output features in registers. Used where the process has
-   one XLA device, like `weight_grad`; it takes the convolutions `taps` and `pointwise`
-   leave, before the row split. Per layer at batch 128 (`python
-   experiments/direct_conv_layers.py`): MEASURE. Whole training step, on and off: MEASURE.
+   (`_direct_conv`; also the space-to-depth form's input gradient in trick 1) as one
+   direct kernel, an XLA FFI custom call (models/direct_conv.py, direct_conv.cc). It
+   skips the taps that fall in the padding: the input gradient is a convolution of the
+   output gradient padded by k - 1, whose padding Eigen multiplies and the row split
+   above still multiplies along the width. It keeps a block of 6-12 images x up to 64
+   output features in registers. Used where the process has one XLA device, like
+   `weight_grad`, for the convolutions `taps` and `pointwise` leave, before the row
+   split. Per layer at batch 128 (a one-off script; kernel_cnn:7's last three layers),
+   input gradient 17.9/22.0/10.9 ms with the row split, 11.9/14.2/4.2 ms here; forward
+   passes at parity with Eigen's or faster. Whole step, this trick off vs on, paired
+   on one device (`python experiments/paired_tricks.py --model M --a
+   space_to_depth,row_split,pool,pointwise,taps,weight_grad,bn_relu --b 1 --rounds 5`,
+   experiments/results/paired_direct_*.md), training / inference: kernel_cnn:7
+   1.30x / 1.08x, kernel_cnn:5 1.06 / 1.10, kernel_cnn:3 1.04 / 1.09, cnn 1.10 / 1.09,
+   strided_cnn 1.05 / 0.94, inception_cnn 1.10 / 1.24.
 
 `pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
 one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.
