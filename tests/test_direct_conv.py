@@ -16,6 +16,7 @@ import pytest
 from jax import lax
 
 from digitjax.models import direct_conv, weight_grad
+from tests.test_weight_grad import conv_operands
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -31,13 +32,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 ])
 def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, features, kernel,
                                                        padding):
-    if weight_grad.lanes() is None:
-        pytest.fail(f"the kernels did not build: {weight_grad._state.get('error')}")
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    h, w_ = (size, size) if isinstance(size, int) else size
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (batch, h, w_, channels))
-    w = jax.random.normal(kk, (kh, kw, channels, features))
+    x, w, kg = conv_operands(batch, size, channels, features, kernel)
+    h, w_, kh, kw = *x.shape[1:3], *w.shape[:2]
     pads = (lax.padtype_to_pads((h, w_), (kh, kw), (1, 1), padding)
             if isinstance(padding, str) else padding)
     y, pull = jax.vjp(lambda x: lax.conv_general_dilated(x, w, (1, 1), pads,

@@ -20,6 +20,18 @@ from digitjax.models import weight_grad
 DIMS = ("NHWC", "HWIO", "NHWC")
 
 
+def conv_operands(batch: int, size, channels: int, features: int, kernel):
+    """Random NHWC input, HWIO kernel (`size`, `kernel`: an int or (h, w)) and a key for
+    the output gradient; fails the test where the kernels did not build."""
+    if weight_grad.lanes() is None:
+        pytest.fail(f"the kernels did not build: {weight_grad._state.get('error')}")
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    h, w = (size, size) if isinstance(size, int) else size
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    return (jax.random.normal(kx, (batch, h, w, channels)),
+            jax.random.normal(kk, (kh, kw, channels, features)), kg)
+
+
 @pytest.mark.parametrize("batch,size,channels,features,kernel,stride,padding", [
     (16, 12, 32, 32, 3, 1, "VALID"),   # strided_cnn's stride-1 layers, 2 images a chunk
     (13, 12, 32, 64, 5, 2, "SAME"),    # a strided layer; 13 images in 8 uneven chunks
@@ -31,13 +43,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 ])
 def test_kernel_equals_lax_weight_gradient(batch, size, channels, features, kernel, stride,
                                            padding):
-    if weight_grad.lanes() is None:
-        pytest.fail(f"the kernel did not build: {weight_grad._state.get('error')}")
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    h, w_ = (size, size) if isinstance(size, int) else size
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (batch, h, w_, channels))
-    w = jax.random.normal(kk, (kh, kw, channels, features))
+    x, w, kg = conv_operands(batch, size, channels, features, kernel)
+    h, w_, kh, kw = *x.shape[1:3], *w.shape[:2]
 
     def reference(w):
         return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DIMS)
