@@ -29,6 +29,7 @@ DIMS = ("NHWC", "HWIO", "NHWC")
     (1, 28, 1, 32, 3, "SAME"),         # one image, one channel
     (4, (9, 7), 5, 16, (3, 2), ((2, 0), (1, 3))),  # uneven kernel, padding, image
     (3, 6, 8, 8, 3, ((0, 5), (2, 0))),  # high padding past the kernel: output rows of zeros
+    (7, 6, 10, 100, 3, "SAME"),        # 100 features: a second block of vectors, a tail
 ])
 def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, features, kernel,
                                                        padding):
@@ -48,14 +49,20 @@ def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, fea
     assert np.array_equal(forward(x, w), forward(x, w))  # each output is one work item's
 
 
-def test_takes_float32_with_padding_the_input_gradient_can_mirror():
+def test_takes_float32_with_padding_the_input_gradient_can_mirror(monkeypatch):
     x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 16))
-    usable = weight_grad.usable()  # False in this 2-device pytest process
-    assert direct_conv.takes(x, w, ((1, 1), (1, 1))) == usable
-    assert direct_conv.takes(x, w, ((0, 0), (2, 5))) == usable
+    assert not weight_grad.usable() or jax.device_count() == 1  # 2 devices: never used
+    monkeypatch.setattr(weight_grad, "usable", lambda: True)  # as on one device
+    assert direct_conv.takes(x, w, ((1, 1), (1, 1)))
+    assert direct_conv.takes(x, w, ((0, 0), (2, 5)))
+    assert direct_conv.takes(x[:, :3, :3], w, ((0, 0), (0, 0)))  # a 1x1 output
     assert not direct_conv.takes(x.astype(jnp.bfloat16), w, ((1, 1), (1, 1)))
+    assert not direct_conv.takes(x, w.astype(jnp.bfloat16), ((1, 1), (1, 1)))
     assert not direct_conv.takes(x, w, ((3, 0), (0, 0)))  # low padding >= kernel size
     assert not direct_conv.takes(x, w, ((0, -1), (0, 0)))  # a crop
+    assert not direct_conv.takes(x[:, :, :2], w, ((0, 0), (0, 0)))  # an empty output
+    monkeypatch.setattr(weight_grad, "usable", lambda: False)
+    assert not direct_conv.takes(x, w, ((1, 1), (1, 1)))
 
 
 ONE_DEVICE = """

@@ -125,8 +125,8 @@ print(len(ours), ours[0])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("1 digitjax: the weight_grad kernel is not available, lax's "
-                                  "weight gradient runs instead"), done.stdout
+    assert done.stdout.startswith("1 digitjax: the C++ kernels (weight_grad, direct) are not "
+                                  "available, lax's convolutions run instead"), done.stdout
     assert not any((tmp_path / "kernels").glob("*.so"))  # nothing half-built left behind
 
 

@@ -17,12 +17,13 @@ from digitjax.models import weight_grad
 
 def takes(x: jax.Array, w: jax.Array, pads) -> bool:
     """Whether the kernel computes this stride-1 convolution here: float32, one XLA
-    device with the kernels built (`weight_grad.usable`), and each low padding at most
-    the kernel size - 1 (so that the input gradient's is not negative); the high padding
-    may be anything."""
+    device with the kernels built (`weight_grad.usable`), each low padding at most the
+    kernel size - 1 (so that the input gradient's is not negative), no negative high
+    padding, and an output of at least one pixel."""
+    sizes = zip(pads, w.shape[:2], x.shape[1:3], strict=True)
     return (all(a.dtype == jnp.float32 for a in (x, w))
-            and all(0 <= lo < k for (lo, _), k in zip(pads, w.shape[:2], strict=True))
-            and all(hi >= 0 for _, hi in pads) and weight_grad.usable())
+            and all(0 <= lo < k and hi >= 0 and n + lo + hi >= k for (lo, hi), k, n in sizes)
+            and weight_grad.usable())
 
 
 def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:

@@ -65,9 +65,9 @@ def _run_all(commands: list[list[str]]) -> None:
     """Runs the commands side by side; raises with the first failure's message."""
     running = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)) for cmd in commands]
-    for cmd, proc in running:
-        _, err = proc.communicate()
-        if proc.returncode:
+    errors = [(cmd, proc.communicate()[1], proc.returncode) for cmd, proc in running]
+    for cmd, err, code in errors:  # all have exited: none is left writing into the build dir
+        if code:
             raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
 
 
@@ -109,8 +109,9 @@ def lanes() -> int | None:
                 _state["lanes"] = _register()
             except Exception as err:  # noqa: BLE001 - any failure falls back to lax
                 _state["error"] = str(err)
-                warnings.warn(f"digitjax: the weight_grad kernel is not available, lax's "
-                              f"weight gradient runs instead ({err})", stacklevel=2)
+                warnings.warn(f"digitjax: the C++ kernels (weight_grad, direct) are not "
+                              f"available, lax's convolutions run instead ({err})",
+                              stacklevel=2)
         return _state.get("lanes")  # type: ignore[return-value]
 
 
