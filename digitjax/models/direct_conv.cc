@@ -126,10 +126,10 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   float* o = out->typed_data();
   float* packed = scratch->typed_data();  // n * h * w * c, tile by tile
   const int64_t image = d.h * d.w * d.c;
-  ParallelFor(pool, tiles, pool.num_threads(), [=](int64_t t) {
+  ParallelFor(pool, tiles, [=](int64_t t) {
     Pack(in, packed + t * tile * image, d, t * tile, std::min<int64_t>(tile, d.n - t * tile));
   });
-  ParallelFor(pool, tiles * d.oh, pool.num_threads(), [=](int64_t k) {
+  ParallelFor(pool, tiles * d.oh, [=](int64_t k) {
     const int64_t t = k / d.oh, y = k % d.oh;
     const int64_t n0 = t * tile, p = std::min<int64_t>(tile, d.n - n0);
     float* on = o + n0 * d.oh * d.ow * d.f;

@@ -31,15 +31,12 @@ def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
     pairs for H and W. Output features that are not a whole number of vectors (8, or 16
     with AVX-512) are computed with zero weights added, whose outputs the kernel does
     not write."""
-    lanes = weight_grad.lanes()
-    if lanes is None:
+    if weight_grad.lanes() is None:
         raise RuntimeError("the direct convolution kernel is not available")
     kh, kw, _, f = w.shape
     out_h = x.shape[1] + sum(pads[0]) - kh + 1
     out_w = x.shape[2] + sum(pads[1]) - kw + 1
-    wide = -(-f // lanes) * lanes
-    if wide != f:
-        w = jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, wide - f)))
+    w = weight_grad.pad_to_vectors(w)
     out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
         weight_grad.DIRECT_TARGET,
         (jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, f), jnp.float32),

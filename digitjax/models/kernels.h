@@ -38,7 +38,7 @@ inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 // when all are done. Which thread runs which k is up to timing, so each body(k) must
 // write its own outputs only.
 template <typename Body>
-void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, int64_t threads, Body body) {
+void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, Body body) {
   struct Work {
     std::atomic<int64_t> next{0};
     int64_t done = 0;
@@ -57,7 +57,7 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t count, int64_t threads, Bod
       work->cv.notify_all();
     }
   };
-  const int64_t helpers = std::min<int64_t>({pool.num_threads(), threads, count}) - 1;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([worker] { worker(); });
   worker();
   std::unique_lock<std::mutex> lock(work->mu);

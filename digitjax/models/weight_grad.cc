@@ -7,8 +7,9 @@
 // this contraction to Eigen as a convolution whose "kernel" is the output gradient, far
 // below the matmul peak; here a block of (channels x output features) accumulators stays
 // in vector registers while the pixels stream past, each output-gradient vector loaded
-// once per block and each input value broadcast once. The batch is cut into a fixed
-// number of chunks (a function of the batch size only), each summed into its own buffer
+// once per block and each input value broadcast once. The batch is cut into as many
+// chunks as the scratch result's first axis says (the caller makes that a function of
+// the batch size only), each summed into its own buffer
 // on XLA's intra-op threads, and the buffers are added in chunk order: the result does
 // not depend on the thread count or on timing.
 
@@ -109,8 +110,6 @@ std::vector<Plan> Blocking(int64_t row, int64_t f) {
   return plans;
 }
 
-constexpr int64_t kMaxChunks = 8;  // partial sums; the batch is cut into this many
-
 // Chunk k's partial sum over its images, image by image (one image's input and output
 // gradient stay in cache while every kernel row and block passes over them).
 void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t n0,
@@ -142,8 +141,9 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     std::fill(out, out + size, 0.0f);
     return ffi::Error::Success();
   }
-  const int64_t chunks = std::min(n, kMaxChunks);
-  if (scratch->element_count() != std::max<int64_t>(chunks, 1) * size) {
+  // the caller chooses how many partial sums (chunks of the batch): scratch's first axis
+  const int64_t chunks = scratch->dimensions().size() == 5 ? scratch->dimensions()[0] : 0;
+  if (chunks < 1 || chunks > n || scratch->element_count() != chunks * size) {
     return ffi::Error::InvalidArgument("conv weight grad: scratch of the wrong size");
   }
   const float* xs = x.typed_data();
@@ -152,7 +152,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   auto run = [=, &plans](int64_t k) {
     Chunk(xs, gs, ps + k * size, sh, n * k / chunks, n * (k + 1) / chunks, plans);
   };
-  ParallelFor(pool, chunks, chunks, run);
+  ParallelFor(pool, chunks, run);
   std::copy(ps, ps + size, out);
   for (int64_t k = 1; k < chunks; ++k) {
     const float* p = ps + k * size;

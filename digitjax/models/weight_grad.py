@@ -40,7 +40,7 @@ SOURCE_DIR = Path(__file__).parent
 SOURCES = tuple(SOURCE_DIR / name for name in ("weight_grad.cc", "direct_conv.cc", "kernels.h"))
 TARGET = "digitjax_conv_weight_grad"
 DIRECT_TARGET = "digitjax_direct_conv"  # models/direct_conv.py
-MAX_CHUNKS = 8  # weight_grad.cc's kMaxChunks: partial sums over the batch
+MAX_CHUNKS = 8  # partial sums over the batch that weight_grad.cc adds in order
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
 
@@ -131,6 +131,14 @@ def takes(x: jax.Array, w: jax.Array, g: jax.Array) -> bool:
     return all(a.dtype == jnp.float32 for a in (x, w, g)) and usable()
 
 
+def pad_to_vectors(a: jax.Array) -> jax.Array:
+    """`a` with zeros added along its last axis up to a whole number of the kernels'
+    vectors (8 floats, or 16 with AVX-512)."""
+    wide = -(-a.shape[-1] // lanes()) * lanes()  # type: ignore[operator]
+    return a if wide == a.shape[-1] else jnp.pad(
+        a, [(0, 0)] * (a.ndim - 1) + [(0, wide - a.shape[-1])])
+
+
 def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: int,
                      pads) -> jax.Array:
     """The HWIO weight gradient of a stride-`stride` NHWC/HWIO convolution of `x`
@@ -144,10 +152,8 @@ def conv_weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], str
                  ((0, 0, 0), (pads[0][0], need_h - x.shape[1] - pads[0][0], 0),
                   (pads[1][0], need_w - x.shape[2] - pads[1][0], 0), (0, 0, 0)))
     features = g.shape[3]
-    wide = -(-features // lanes()) * lanes()  # type: ignore[operator]
-    if wide != features:  # whole vectors of features: zeros added, their gradient dropped
-        g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, wide - features)))
-    out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], wide), jnp.float32)
+    g = pad_to_vectors(g)  # the padded features' gradient is dropped below
+    out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], g.shape[3]), jnp.float32)
     # the chunks' partial sums in a buffer XLA allocates, rather than one the kernel
     # would allocate (and page in) on every call
     scratch = jax.ShapeDtypeStruct((max(min(x.shape[0], MAX_CHUNKS), 1), *out.shape),
