@@ -8,8 +8,10 @@ For each model: training and inference throughput (images/s, median over timed
 repeats after warm-up), the first step's compile time and the process's peak
 memory, for digitjax and, when installed, the same network in PyTorch (CPU, as
 many threads as cores) and Keras 3 (JAX backend); `--peers` adds PyTorch with
-channels-last memory format (`torch_channels_last`) and `torch.compile`
-(`torch_compile`). Every measurement runs in its
+channels-last memory format (`torch_channels_last`), `torch.compile`
+(`torch_compile`) and eager PyTorch with digitjax's own malloc settings
+(`torch_malloc`: the same three as digitjax/host_memory.py, given to its process as
+GLIBC_TUNABLES). Every measurement runs in its
 own subprocess, frameworks interleaved round by round, so the peers see the same
 machine. Then the data path: pixel CSV ingest cold and cached, image-folder decode
 cold and cached, the TFDS dataset of the same digits decoded into memory and read
@@ -38,7 +40,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 on JAX: no TensorFlow n
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 TRAIN_CSV = DATA / "digit-recognizer" / "train.csv"
-FRAMEWORKS = ("digitjax", "torch", "torch_channels_last", "torch_compile", "keras")
+FRAMEWORKS = ("digitjax", "torch", "torch_channels_last", "torch_compile", "torch_malloc",
+              "keras")
+# torch_malloc: glibc's names for digitjax/host_memory.py's mallopt settings
+TORCH_MALLOC = ("glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:"
+                "glibc.malloc.trim_threshold=2147483647")
 PEERS = "torch,keras"  # the peers as users run them by default; --peers adds the variants
 BATCH = 128
 WARMUP_STEPS, TIMED_STEPS, REPEATS = 5, 20, 5
@@ -251,6 +257,7 @@ def run_worker(framework: str, model: str) -> None:
     result = {"digitjax": worker_digitjax, "torch": worker_torch,
               "torch_channels_last": lambda m: worker_torch(m, "channels_last"),
               "torch_compile": lambda m: worker_torch(m, "compile"),
+              "torch_malloc": worker_torch,  # eager, in a process started with TORCH_MALLOC
               "keras": worker_keras}[framework](model)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
@@ -271,6 +278,8 @@ def available(framework: str) -> bool:
 
 def measure(framework: str, model: str) -> dict:
     env = dict(os.environ)
+    if framework == "torch_malloc":
+        env["GLIBC_TUNABLES"] = TORCH_MALLOC
     proc = subprocess.run([sys.executable, __file__, "--worker", framework, model],
                           capture_output=True, text=True, env=env, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
