@@ -18,10 +18,17 @@ process instead, so a step reuses the pages of the step before:
   given back to the kernel.
 
 Measured on the project's 2-core CPU (training step at batch 128, one device, median of
-5 x 10 steps, separate processes alternated; `python experiments/host_memory.py`):
-default CNN 52-56 -> 38-43 ms, `strided_cnn` 150-155 -> 115-124 ms, with under 800 faults
-per step left. The cost: memory the process has used stays with it until it exits
-(its peak, which a training run reaches every step anyway).
+5 x 10 steps, one process per setting, alternated; `python experiments/host_memory.py`,
+experiments/results/host_memory.md): the default CNN 55.7 -> 40.7 ms (1.37x),
+`strided_cnn` 1.22x, kernel_cnn:3 1.17x, inception_cnn 1.26x; kernel_cnn:7 1.00x (its
+buffers happened to stay mapped: ~400 faults per step either way). Results are
+bit-identical (quick.py's test probabilities with and without).
+
+The cost is memory. The process keeps what it has used, and the one heap fragments
+(small allocations land in freed large blocks) before it settles: a loop of one
+convolution's gradient at 128x28x28x32 settled at 1,050 MB resident after ~100 calls,
+against 321 MB with mmap. Whole runs grew less: configs/quick.py's peak 686 -> 724 MB,
+the training steps above 5-28% (host_memory.md's last column).
 
 Only where CPU is the backend (cpu_flags.cpu_is_the_backend) and the C library is
 glibc. The arena limit binds only threads whose first allocation comes after it, so
