@@ -1,0 +1,102 @@
+"""The `direct` kernel's forward pass against lax's, layer by layer, for every
+convolution a model hands the kernel (models/conv.py's `_direct_conv`): the measurement
+behind `direct_conv.AVX2_FORWARD_MAX_FEATURES` (the `inference_lax` trick).
+
+    python experiments/layer_forward.py [--models kernel_cnn:7,cnn] [--batch 128] \
+        [--out layer_forward]
+
+Each layer's two forms are jitted alone on random inputs and timed in alternating
+rounds (7 rounds of 10 calls); the medians and lax's time over the kernel's are
+printed (above 1: the kernel is faster). Run it on the CPU whose rule is in question;
+it needs the kernels built (a C++ compiler) and one XLA device (DIGITJAX_CPU_DEVICES=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import cpu_name, step_config, write_results
+from jax import lax
+
+from digitjax import train
+from digitjax.models import conv, direct_conv, weight_grad
+
+
+def direct_layers(model: str, batch: int) -> list[tuple]:
+    """(input shape without the batch, kernel shape, pads) of each distinct convolution
+    `model` hands the direct kernel at inference, in order."""
+    seen: list[tuple] = []
+    original = conv._direct_conv
+
+    def record(x, w, pads):
+        if (x.shape[1:], w.shape, pads) not in seen:
+            seen.append((x.shape[1:], w.shape, pads))
+        return original(x, w, pads)
+
+    config = step_config(model, batch)
+    state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
+    conv._direct_conv = record
+    try:
+        jax.eval_shape(lambda s, x: s.apply_fn({"params": s.params,
+                                                "batch_stats": s.batch_stats}, x),
+                       state, jnp.zeros((batch, 28, 28, 1)))
+    finally:
+        conv._direct_conv = original
+    return seen
+
+
+def time_pair(fns, args, rounds: int = 7, calls: int = 10) -> list[float]:
+    """Median ms per call of each function, timed in alternating rounds."""
+    for f in fns:
+        f(*args).block_until_ready()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for f, t in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = f(*args)
+            out.block_until_ready()
+            t.append((time.perf_counter() - start) / calls * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="cnn,strided_cnn,kernel_cnn:3,kernel_cnn:5,"
+                                        "kernel_cnn:7,inception_cnn")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--out", default="layer_forward")
+    a = ap.parse_args()
+    if weight_grad.lanes() is None or len(jax.devices()) != 1:
+        raise SystemExit("needs the C++ kernels and one XLA device (DIGITJAX_CPU_DEVICES=1)")
+    rows = ["| model | input | kernel | pads | kernel ms | lax ms | lax / kernel |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(0)
+    for model in a.models.split(","):
+        for shape, kernel, pads in direct_layers(model, a.batch):
+            x = jnp.asarray(rng.standard_normal((a.batch, *shape), np.float32))
+            w = jnp.asarray(rng.standard_normal(kernel, np.float32))
+            by_kernel = jax.jit(lambda x, w, p=pads: direct_conv.conv(x, w, p))
+            by_lax = jax.jit(lambda x, w, p=pads: lax.conv_general_dilated(
+                x, w, (1, 1), p, dimension_numbers=conv.NHWC))
+            k_ms, l_ms = time_pair((by_kernel, by_lax), (x, w))
+            rows.append(f"| {model} | {'x'.join(map(str, shape))} | "
+                        f"{'x'.join(map(str, kernel))} | {pads} | {k_ms:.2f} | {l_ms:.2f} | "
+                        f"{l_ms / k_ms:.2f} |")
+            print(rows[-1], flush=True)
+    note = (f"\nCPU: {cpu_name()}, kernel vector width "
+            f"{weight_grad.lanes()} floats; batch {a.batch}; medians of 7 alternating rounds "
+            f"of 10 calls.\n")
+    write_results(a.out, "The direct kernel's forward pass vs lax's, per layer",
+                  "\n".join(rows) + "\n" + note,
+                  f"DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py --models "
+                  f"{a.models} --batch {a.batch} --out {a.out}")
+
+
+if __name__ == "__main__":
+    main()
