@@ -154,6 +154,38 @@ def test_members_are_scored_out_of_fold_and_weighted(tmp_path):
     assert sub["Label"].tolist() == [0, 1]
 
 
+def test_a_member_archive_stands_in_for_its_folder(tmp_path):
+    """--archive_dir writes each member as one .npz; the ensemble of the archives scores,
+    weights and predicts as the ensemble of the folders (float16 probabilities: to
+    rounding), and a file that is not an archive is refused by name."""
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    folds = [np.array([0, 3, 4, 7]), np.array([1, 2, 5, 6])]
+    b_predicts = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    for f, rows in enumerate(folds):
+        fold_run(tmp_path / "a" / f"fold{f}", f, 2, rows, one_hot(labels[rows], 0.7),
+                 labels[rows], [[0.8, 0.2], [0.3, 0.7]])
+        fold_run(tmp_path / "b" / f"fold{f}", f, 2, rows, one_hot(b_predicts[rows], 0.6),
+                 labels[rows], [[0.4, 0.6], [0.6, 0.4]])
+    folders = ensemble.from_members([tmp_path / "a", tmp_path / "b"], tmp_path / "out",
+                                    tmp_path / "archive")
+    archives = ensemble.from_members([tmp_path / "archive" / "a.npz",
+                                      tmp_path / "archive" / "b.npz"], tmp_path / "out2")
+    assert [r["name"] for r in archives["results"]] == [r["name"] for r in folders["results"]]
+    assert ([(r["oof_accuracy"], r.get("test_from")) for r in archives["results"]]
+            == [(r["oof_accuracy"], r.get("test_from")) for r in folders["results"]])
+    np.testing.assert_allclose(archives["weights"], folders["weights"], atol=1e-3)
+    np.testing.assert_allclose(np.load(tmp_path / "out2" / "test_probs.npy"),
+                               np.load(tmp_path / "out" / "test_probs.npy"), atol=1e-3)
+    assert ((tmp_path / "out2" / "submission.csv").read_text()
+            == (tmp_path / "out" / "submission.csv").read_text())
+    member = ensemble.load_member(tmp_path / "archive" / "a.npz")
+    assert member.config == {"num_folds": 2, "fold": 0} and member.fold.tolist() == [
+        0, 1, 1, 0, 0, 1, 1, 0]
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="bad.npz: not a member archive written by"):
+        ensemble.load_member(tmp_path / "bad.npz")
+
+
 def test_the_out_of_fold_curve_sums_each_epochs_correct_digits_over_the_folds(tmp_path):
     """Fold 0 (4 rows) gets 2 then 4 right, fold 1 (4 rows) 3 then 3: 5/8 then 7/8."""
     for f, accuracies in enumerate([(0.5, 1.0), (0.75, 0.75)]):
@@ -204,8 +236,12 @@ def test_two_folds_end_to_end_predict_every_row_with_the_last_checkpoint(digits_
                                                      .read_text())["val_count"] for f in (0, 1)]
     proc = subprocess.run(
         [sys.executable, "-m", "digitjax.ensemble", f"--members={member}",
-         f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True)
+         f"--output_dir={tmp_path / 'out'}", f"--archive_dir={tmp_path / 'archive'}"],
+        capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    archived = ensemble.load_member(tmp_path / "archive" / "seed.npz")
+    assert np.array_equal(archived.labels, labels) and archived.probs.shape == (640, 10)
+    assert archived.config["num_epochs"] == 2 and archived.test_probs.shape == (50, 10)
     assert "out-of-fold" in proc.stdout and " on 640" in proc.stdout
     # the curve's last epoch is the last checkpoint's out-of-fold accuracy, exactly
     report = json.loads((tmp_path / "out" / "summary.json").read_text())
