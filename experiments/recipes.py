@@ -16,13 +16,17 @@ Checkpoints are chosen on the validation split only. The ensemble recipe trains 
 member on the k folds of `config.num_folds` (each fold's model predicts its held-out
 rows with its last checkpoint: out-of-fold, nothing chosen on them) and, with --full,
 on every row; `python -m digitjax.ensemble --members` fits the weights on the
-out-of-fold predictions and writes the submission.
+out-of-fold predictions and writes the submission. Each member's out-of-fold and test
+probabilities are kept in git as experiments/results/members/<name>_<epochs>ep.npz
+(~1 MB), so members trained in different sessions can be ensembled later:
+`python -m digitjax.ensemble --members=experiments/results/members/a.npz,...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +38,7 @@ COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta",
 MEMBERS = {"strided": "configs/best.py", "kernel3": "configs/kernel_cnn.py:3",
            "kernel5": "configs/kernel_cnn.py:5", "kernel7": "configs/kernel_cnn.py:7",
            "inception": "configs/inception_cnn.py", "quick": "configs/quick.py"}
+MEMBER_ARCHIVE = REPO / "experiments" / "results" / "members"
 OOF_COLUMNS = ["run", "config", "epochs", "oof_accuracy", "interval_95", "test_from",
                "wall_seconds"]
 
@@ -67,8 +72,18 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     out = runs / "ensemble"
     subprocess.run([sys.executable, "-m", "digitjax.ensemble",
                     f"--members={','.join(str(runs / n) for n in names)}",
-                    f"--output_dir={out}"], cwd=REPO, check=True)
+                    f"--output_dir={out}", f"--archive_dir={out / 'members'}"],
+                   cwd=REPO, check=True)
     report = json.loads((out / "summary.json").read_text())
+    # each member's out-of-fold and test probabilities outlive runs/: kept in git as
+    # results/members/<name>_<epochs>ep.npz, which `python -m digitjax.ensemble
+    # --members=<a>.npz,<b>.npz` ensembles with members trained another time
+    MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        epochs_run = summary(runs / name / "fold0")["epochs"]
+        kept = MEMBER_ARCHIVE / f"{name}_{epochs_run}ep{'_full' if a.full else ''}.npz"
+        shutil.copyfile(out / "members" / f"{name}.npz", kept)
+        print(f"kept {name}'s predictions: {kept.relative_to(REPO)}")
     rows = []
     for r in report["results"]:
         member = r["name"] in walls
