@@ -15,10 +15,9 @@ estimate is not chosen on the rows it is measured on. Every accuracy is printed 
 its 95% interval over the 42,000-row training set (about +-0.06 pp at 99.6%).
 
 `--archive_dir=DIR` also writes each member's out-of-fold probabilities, labels, folds,
-per-epoch curve and test probabilities to `DIR/<member>.npz` (float16 probabilities,
-~1 MB): small enough to keep in git, so members trained in different sessions (or on
-different machines) can be ensembled later; `--members` takes such a file in place of
-a member folder.
+per-epoch curve and test probabilities to `DIR/<member>.npz` (a few MB): small enough
+to keep in git, so members trained in different sessions (or on different machines)
+can be ensembled later; `--members` takes such a file in place of a member folder.
 
 `--workdirs`: the mean of the workdirs' test probabilities (and the ensemble's
 validation accuracy when they share a validation split); nothing is fitted.
@@ -29,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ from digitjax.predict import write_predictions
 from digitjax.workdir import read_metrics
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained workdirs to average.")
-_MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs).")
+_MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs) or "
+                             "member archives (<name>.npz, from --archive_dir).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/ensemble", "Where the ensemble goes.")
 _ARCHIVE_DIR = flags.DEFINE_string(
     "archive_dir", "", "Also write each --members member to <dir>/<name>.npz, which "
@@ -192,17 +194,29 @@ ARCHIVE_KEYS = ("probs", "labels", "fold", "by_epoch", "test_probs", "test_ids",
 def load_member(path: Path) -> Member:
     """A member folder (fold*/ and full*/ runs) or an archive `save_member` wrote."""
     if path.suffix == ".npz":
+        if not path.is_file():
+            raise UserError(f"{path}: missing (expected a member archive written by "
+                            "--archive_dir)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 a = {k: z[k] for k in ARCHIVE_KEYS}
             meta = json.loads(str(a["meta"]))
-        except (ValueError, OSError, EOFError, KeyError) as e:
+            m = Member(path.stem, a["probs"].astype(np.float32), a["labels"], a["fold"],
+                       a["by_epoch"].tolist(), a["test_probs"].astype(np.float32),
+                       a["test_ids"], meta["classes"], bool(meta["submission"]),
+                       meta["test_from"], meta["config"])
+        except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+                zlib.error) as e:
             raise UserError(f"{path}: not a member archive written by --archive_dir "
-                            f"({str(e).splitlines()[0]})") from None
-        return Member(path.stem, a["probs"].astype(np.float32), a["labels"], a["fold"],
-                      a["by_epoch"].tolist(), a["test_probs"].astype(np.float32),
-                      a["test_ids"], meta["classes"], meta["submission"], meta["test_from"],
-                      meta["config"])
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                            ) from None
+        n, c = len(m.labels), len(m.classes)
+        if (m.probs.shape != (n, c) or m.fold.shape != (n,)
+                or m.test_probs.shape != (len(m.test_ids), c)):
+            raise UserError(f"{path}: its arrays disagree in shape (probs {m.probs.shape}, "
+                            f"labels {m.labels.shape}, fold {m.fold.shape}, test_probs "
+                            f"{m.test_probs.shape}, {len(m.test_ids)} test ids, {c} classes)")
+        return m
     probs, labels, fold = out_of_fold(path)
     full = sorted(path.glob("full*"))
     test, ids, classes, submission = test_probs(full or sorted(path.glob("fold*")))
@@ -211,19 +225,26 @@ def load_member(path: Path) -> Member:
 
 
 def save_member(m: Member, path: Path) -> Path:
-    """`m` as one compressed .npz (probabilities in float16: ~1 MB for 42,000 + 28,000
-    rows), written atomically."""
+    """`m` as one compressed .npz, written atomically. Probabilities stay float32, so an
+    archive scores exactly as its folder (float16 could turn a close top two into a
+    tie); ids are saved as numbers or strings (never pickled objects)."""
     meta = json.dumps({"classes": m.classes, "submission": m.submission,
                        "test_from": m.test_from, "config": m.config})
+    ids = np.asarray(m.test_ids)
+    if ids.dtype == object:
+        ids = ids.astype(str)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, probs=m.probs.astype(np.float16), labels=m.labels,
-                                fold=m.fold, by_epoch=np.asarray(m.by_epoch),
-                                test_probs=m.test_probs.astype(np.float16),
-                                test_ids=m.test_ids, meta=np.asarray(meta))
+            np.savez_compressed(f, probs=m.probs.astype(np.float32), labels=m.labels,
+                                fold=m.fold, by_epoch=np.asarray(m.by_epoch, np.float64),
+                                test_probs=m.test_probs.astype(np.float32), test_ids=ids,
+                                meta=np.asarray(meta))
 
-    return files.atomic_write(path, write)
+    try:
+        return files.atomic_write(path, write)
+    except OSError as e:
+        raise UserError(f"--archive_dir: cannot write {path}: {e.strerror or e}") from None
 
 
 def fit_weights(probs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -275,7 +296,13 @@ def from_members(members: list[Path], out_dir: Path, archive_dir: Path | None = 
         raise UserError("--members: expected member folders holding fold*/ runs, or "
                         "member archives (.npz)")
     _check_out_dir(out_dir, members)
+    if archive_dir is not None and archive_dir.exists() and not archive_dir.is_dir():
+        raise UserError(f"--archive_dir: {archive_dir} is a file (expected a folder)")
     loaded = [load_member(m) for m in members]
+    names = [m.name for m in loaded]
+    if archive_dir is not None and len(set(names)) < len(names):
+        raise UserError(f"--archive_dir: members {names} share a name, and their archives "
+                        "(<name>.npz) would overwrite each other")
     labels, fold = loaded[0].labels, loaded[0].fold
     for path, m in zip(members[1:], loaded[1:], strict=True):
         if not (np.array_equal(m.labels, labels) and np.array_equal(m.fold, fold)):
@@ -342,9 +369,9 @@ def main(argv: list[str]) -> None:
                     print(f"{r['name']:<12} out-of-fold by epoch: "
                           + " ".join(f"{e}:{a:.2%}" for e, a in enumerate(curve, 1))
                           + f"  (best epoch {int(np.argmax(curve)) + 1})")
-            print("weights: " + ", ".join(f"{Path(m).name} {w:.3f}" for m, w in
-                                          zip(report["members"], report["weights"], strict=True)))
-            names = [Path(m).name for m in report["members"]]
+            names = [r["name"] for r in report["results"][:len(report["members"])]]
+            print("weights: " + ", ".join(f"{n} {w:.3f}" for n, w in
+                                          zip(names, report["weights"], strict=True)))
             print(f"out-of-fold errors (diagonal) and errors two members share: "
                   f"{report['errors_of_all']} rows wrong in every member")
             for name, row in zip(names, report["errors_shared"], strict=True):

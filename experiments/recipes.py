@@ -17,8 +17,9 @@ member on the k folds of `config.num_folds` (each fold's model predicts its held
 rows with its last checkpoint: out-of-fold, nothing chosen on them) and, with --full,
 on every row; `python -m digitjax.ensemble --members` fits the weights on the
 out-of-fold predictions and writes the submission. Each member's out-of-fold and test
-probabilities are kept in git as experiments/results/members/<name>_<epochs>ep.npz
-(~1 MB), so members trained in different sessions can be ensembled later:
+probabilities are kept in git as
+experiments/results/members/<name>_<epochs>ep_<k>folds[_full<N>_bag<b>].npz (a few MB),
+so members trained in different sessions can be ensembled later:
 `python -m digitjax.ensemble --members=experiments/results/members/a.npz,...`.
 """
 
@@ -81,7 +82,10 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
     for name in names:
         epochs_run = summary(runs / name / "fold0")["epochs"]
-        kept = MEMBER_ARCHIVE / f"{name}_{epochs_run}ep{'_full' if a.full else ''}.npz"
+        kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run}ep_{a.folds}folds"
+                                 f"{f'_full{a.full}_bag{a.bag:g}' if a.full else ''}.npz")
+        if kept.exists():
+            print(f"replacing {kept.relative_to(REPO)} (git has the earlier one)")
         shutil.copyfile(out / "members" / f"{name}.npz", kept)
         print(f"kept {name}'s predictions: {kept.relative_to(REPO)}")
     rows = []

@@ -89,9 +89,11 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
         assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
                                                                            atol=1e-3), tricks
     # inference: the kernel's forward pass only where it wins on this CPU (inference_lax)
-    wins = direct_conv.forward_wins(w)
-    for tricks, uses in (("1", wins), ("taps,weight_grad,direct", True)):
+    wins = direct_conv.forward_wins
+    for tricks, uses, rule in (("1", wins(w), wins), ("taps,weight_grad,direct", True, wins),
+                               ("1", False, lambda w: False)):  # an AVX2 host's rule, forced
         os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
+        direct_conv.forward_wins = rule
         # a new function per setting: jit caches one trace per function, and the
         # tricks are read when it is traced
         infer = lambda x, w: cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)
@@ -99,6 +101,10 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
         assert (hlo.count("digitjax_direct_conv") == 1) == uses, (shape, tricks)
         y0 = lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
         assert np.allclose(jax.jit(infer)(x, w), y0, rtol=1e-4, atol=1e-3), tricks
+        # training keeps the kernel's forward pass and input gradient whatever the rule
+        hlo = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).as_text()
+        assert hlo.count("digitjax_direct_conv") == 2, (shape, tricks)
+    direct_conv.forward_wins = wins
 print("ok")
 """
 

@@ -181,9 +181,53 @@ def test_a_member_archive_stands_in_for_its_folder(tmp_path):
     member = ensemble.load_member(tmp_path / "archive" / "a.npz")
     assert member.config == {"num_folds": 2, "fold": 0} and member.fold.tolist() == [
         0, 1, 1, 0, 0, 1, 1, 0]
+    # a folder and an archive in one call
+    mixed = ensemble.from_members([tmp_path / "a", tmp_path / "archive" / "b.npz"],
+                                  tmp_path / "out3")
+    assert mixed["results"] == folders["results"]
+
+
+def test_an_archive_keeps_string_ids_and_the_curve_and_refuses_broken_files(tmp_path):
+    """Image-folder test sets have file names as ids (pandas object arrays, which numpy
+    would pickle); the per-epoch curve survives; a broken, missing, inconsistent or
+    clashing archive is one error line naming the file."""
+    labels = np.array([0, 1, 0, 1])
+    for f, rows in enumerate([np.array([0, 1]), np.array([2, 3])]):
+        w = tmp_path / "m" / f"fold{f}"
+        fold_run(w, f, 2, rows, one_hot(labels[rows]), labels[rows], [[0.8, 0.2], [0.3, 0.7]])
+        pd.DataFrame({"id": ["x/1.png", "x/2.png"], "label": ["0", "1"]}).to_csv(
+            w / "predictions.csv", index=False)
+        (w / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_accuracy": 0.5}) + "\n")
+    ensemble.from_members([tmp_path / "m"], tmp_path / "out", tmp_path / "archive")
+    m = ensemble.load_member(tmp_path / "archive" / "m.npz")
+    assert m.test_ids.tolist() == ["x/1.png", "x/2.png"] and m.by_epoch == [0.5]
+    assert m.test_from == "fold*" and m.submission
+
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="bad.npz: not a member archive written by"):
         ensemble.load_member(tmp_path / "bad.npz")
+    with pytest.raises(UserError, match="gone.npz: missing"):
+        ensemble.load_member(tmp_path / "gone.npz")
+    z = dict(np.load(tmp_path / "archive" / "m.npz"))
+    np.savez(tmp_path / "short.npz", **{**z, "fold": z["fold"][:3]})
+    with pytest.raises(UserError, match="short.npz: its arrays disagree in shape"):
+        ensemble.load_member(tmp_path / "short.npz")
+    np.savez(tmp_path / "nometa.npz", **{**z, "meta": np.asarray("[]")})
+    with pytest.raises(UserError, match="nometa.npz: not a member archive"):
+        ensemble.load_member(tmp_path / "nometa.npz")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "m.npz").write_bytes((tmp_path / "archive" / "m.npz").read_bytes())
+    with pytest.raises(UserError, match="share a name"):
+        ensemble.from_members([tmp_path / "m", tmp_path / "other" / "m.npz"], tmp_path / "o2",
+                              tmp_path / "archive2")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="--archive_dir: .*afile is a file"):
+        ensemble.from_members([tmp_path / "m"], tmp_path / "o3", tmp_path / "afile")
+    proc = subprocess.run([sys.executable, "-m", "digitjax.ensemble",
+                           f"--members={tmp_path / 'bad.npz'}", f"--output_dir={tmp_path / 'o4'}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert "bad.npz: not a member archive" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_out_of_fold_curve_sums_each_epochs_correct_digits_over_the_folds(tmp_path):

@@ -1,4 +1,4 @@
-"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Six tricks,
+"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Seven tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
 picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
