@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_name  # the host in the header: ratios differ between CPUs
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 on JAX: no TensorFlow needed
 REPO = Path(__file__).resolve().parents[1]
@@ -436,8 +437,8 @@ def main() -> None:
             for f in frameworks:
                 if (f, model) in results:
                     results[(f, model)].append(measure(f, model))
-    lines = [f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the start; float32 "
-             f"matmul peak (XLA) {peak:.0f} GFLOP/s"
+    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores, load average {load:.1f} at the "
+             f"start; float32 matmul peak (XLA) {peak:.0f} GFLOP/s"
              + (f"; batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
                 f"{TIMED_STEPS} steps; a ratio's brackets: its lowest and highest round."
                 if models else "."), ""]
