@@ -76,13 +76,13 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
                     f"--output_dir={out}", f"--archive_dir={out / 'members'}"],
                    cwd=REPO, check=True)
     report = json.loads((out / "summary.json").read_text())
-    # each member's out-of-fold and test probabilities outlive runs/: kept in git as
-    # results/members/<name>_<epochs>ep.npz, which `python -m digitjax.ensemble
-    # --members=<a>.npz,<b>.npz` ensembles with members trained another time
+    epochs_run = {name: summary(runs / name / "fold0")["epochs"] for name in names}
+    # each member's out-of-fold and test probabilities outlive runs/: kept in git (see
+    # the top), where `python -m digitjax.ensemble --members=<a>.npz,<b>.npz` ensembles
+    # them with members trained another time
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
     for name in names:
-        epochs_run = summary(runs / name / "fold0")["epochs"]
-        kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run}ep_{a.folds}folds"
+        kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[name]}ep_{a.folds}folds"
                                  f"{f'_full{a.full}_bag{a.bag:g}' if a.full else ''}.npz")
         if kept.exists():
             print(f"replacing {kept.relative_to(REPO)} (git has the earlier one)")
@@ -91,9 +91,8 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     rows = []
     for r in report["results"]:
         member = r["name"] in walls
-        epochs_run = summary(runs / r["name"] / "fold0")["epochs"] if member else "-"
         rows.append({"run": r["name"], "config": MEMBERS.get(r["name"], a.members),
-                     "epochs": epochs_run, "oof_accuracy": r["oof_accuracy"],
+                     "epochs": epochs_run.get(r["name"], "-"), "oof_accuracy": r["oof_accuracy"],
                      "interval_95": f"[{r['low']:.4f}, {r['high']:.4f}]",
                      "test_from": r.get("test_from", "weighted members"),
                      "wall_seconds": walls[r["name"]] if member else sum(walls.values())})

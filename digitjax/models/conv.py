@@ -265,8 +265,9 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 
 
 TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
-          "weight_grad", "bn_relu", "direct", "inference_lax")  # pool: models/pool.py; weight_grad:
-          # models/weight_grad.py; bn_relu: models/norm.py; direct: models/direct_conv.py
+          "weight_grad", "bn_relu", "direct", "inference_lax")
+# pool: models/pool.py; weight_grad: models/weight_grad.py; bn_relu: models/norm.py;
+# direct: models/direct_conv.py; inference_lax: direct_conv.forward_wins
 
 
 def enabled_tricks() -> tuple[str, ...]:
