@@ -1,13 +1,13 @@
 """The `direct` kernel's forward pass against lax's, layer by layer, for every
 convolution a model hands the kernel (models/conv.py's `_direct_conv`): the measurement
-behind `direct_conv.AVX2_FORWARD_MAX_FEATURES` (the `inference_lax` trick).
+behind direct_conv.cc's block size on AVX2 (`kBlockVectors`).
 
     python experiments/layer_forward.py [--models kernel_cnn:7,cnn] [--batch 128] \
         [--out layer_forward]
 
 Each layer's two forms are jitted alone on random inputs and timed in alternating
 rounds (7 rounds of 10 calls); the medians and lax's time over the kernel's are
-printed (above 1: the kernel is faster). Run it on the CPU whose rule is in question;
+printed (above 1: the kernel is faster). Run it on the CPU whose blocking is in question;
 it needs the kernels built (a C++ compiler) and one XLA device (DIGITJAX_CPU_DEVICES=1).
 """
 

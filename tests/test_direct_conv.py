@@ -69,7 +69,6 @@ ONE_DEVICE = """
 import os
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
-from digitjax.models import direct_conv
 from digitjax.models.conv import cpu_conv
 dims = ("NHWC", "HWIO", "NHWC")
 for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
@@ -88,35 +87,8 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
             x, w, (1, 1), padding, dimension_numbers=dims)), (0, 1))(x, w)
         assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
                                                                            atol=1e-3), tricks
-    # inference: the kernel's forward pass only where it wins on this CPU (inference_lax)
-    wins = direct_conv.forward_wins
-    for tricks, uses, rule in (("1", wins(w), wins), ("taps,weight_grad,direct", True, wins),
-                               ("1", False, lambda w: False)):  # an AVX2 host's rule, forced
-        os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
-        direct_conv.forward_wins = rule
-        # a new function per setting: jit caches one trace per function, and the
-        # tricks are read when it is traced
-        infer = lambda x, w: cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)
-        hlo = jax.jit(infer).lower(x, w).as_text()
-        assert (hlo.count("digitjax_direct_conv") == 1) == uses, (shape, tricks)
-        y0 = lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
-        assert np.allclose(jax.jit(infer)(x, w), y0, rtol=1e-4, atol=1e-3), tricks
-        # training keeps the kernel's forward pass and input gradient whatever the rule
-        hlo = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).as_text()
-        assert hlo.count("digitjax_direct_conv") == 2, (shape, tricks)
-    direct_conv.forward_wins = wins
 print("ok")
 """
-
-
-def test_the_forward_pass_is_the_kernels_where_it_was_measured_faster(monkeypatch):
-    """AVX-512 (16 lanes): every layer; AVX2 (8): up to AVX2_FORWARD_MAX_FEATURES."""
-    widest = direct_conv.AVX2_FORWARD_MAX_FEATURES
-    monkeypatch.setattr(weight_grad, "lanes", lambda: 8)
-    assert direct_conv.forward_wins(jnp.zeros((3, 3, 8, widest)))
-    assert not direct_conv.forward_wins(jnp.zeros((3, 3, 8, widest + 1)))
-    monkeypatch.setattr(weight_grad, "lanes", lambda: 16)
-    assert direct_conv.forward_wins(jnp.zeros((7, 7, 48, 64)))
 
 
 def test_on_one_device_stride_1_convolutions_take_the_kernel_both_ways():

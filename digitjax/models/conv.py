@@ -1,4 +1,4 @@
-"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Seven tricks,
+"""Convolutions XLA:CPU runs slowly, rewritten into forms it runs fast. Six tricks,
 each used on CPU only, where it was measured, and each with the usual parameter
 shapes (invisible to checkpoints; only the order of the sums changes). `cpu_conv`
 picks between them. `DIGITJAX_CPU_CONV_TRICKS` (read when a model is traced) says
@@ -75,7 +75,8 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    skips the taps that fall in the padding: the input gradient is a convolution of the
    output gradient padded by k - 1, whose padding Eigen multiplies and the row split
    above still multiplies along the width. It keeps a block of 6-12 images x up to 64
-   output features in registers. Used where the process has one XLA device, like
+   (AVX-512) or 16 (AVX2: direct_conv.cc's kBlockVectors, measured there) output
+   features in registers. Used where the process has one XLA device, like
    `weight_grad`, for the convolutions `taps` and `pointwise` leave, before the row
    split. Per layer at batch 128 (a one-off script; kernel_cnn:7's last three layers),
    input gradient 17.9/22.0/10.9 ms with the row split, 11.9/14.2/4.2 ms here; forward
@@ -85,18 +86,6 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    experiments/results/paired_direct_*.md), training / inference: kernel_cnn:7
    1.30x / 1.08x, kernel_cnn:5 1.06 / 1.10, kernel_cnn:3 1.04 / 1.09, cnn 1.10 / 1.09,
    strided_cnn 1.05 / 0.94, inception_cnn 1.10 / 1.24.
-
-7. `inference_lax`: outside differentiation (inference), a convolution `direct` takes
-   whose forward pass the kernel computes slower than lax on this CPU goes to lax
-   (`direct_conv.forward_wins`: on a CPU without AVX-512, those with more than 24
-   output features; per layer on Zen 3, experiments/results/layer_forward_zen3.md).
-   Training keeps the kernel's forward pass. Whole inference pass, this trick off vs
-   on, paired on one device on an AMD EPYC (Zen 3, AVX2; `DIGITJAX_CPU_DEVICES=1 python
-   experiments/paired_tricks.py --model M --a space_to_depth,row_split,pool,pointwise,
-   taps,weight_grad,bn_relu,direct --b 1 --rounds 7`,
-   experiments/results/paired_inference_lax_*_zen3.md): kernel_cnn:7 1.24x,
-   kernel_cnn:5 1.13x, kernel_cnn:3 1.12x, cnn 1.20x, strided_cnn 1.13x; inception_cnn
-   (all its layers <= 24 features: the same program) 1.02x.
 
 `pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
 one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.
@@ -225,16 +214,12 @@ _kernel_grad_conv.defvjp(_kernel_grad_conv_fwd, _kernel_grad_conv_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _direct_conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
     """The `direct` kernel's stride-1 convolution and input gradient, the weight
-    gradient `_weight_grad`'s. This body runs only outside differentiation (inference);
-    there, with `inference_lax` on, a convolution the kernel computes slower than lax on
-    this CPU (`direct_conv.forward_wins`) is lax's."""
-    if tricks_on("inference_lax") and not direct_conv.forward_wins(w):
-        return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC)
+    gradient `_weight_grad`'s."""
     return direct_conv.conv(x, w, pads)
 
 
-def _direct_conv_fwd(x, w, pads):  # training: the kernel's forward pass
-    return direct_conv.conv(x, w, pads), (x, w)
+def _direct_conv_fwd(x, w, pads):
+    return _direct_conv(x, w, pads), (x, w)
 
 
 def _direct_conv_bwd(pads, res, g):
@@ -265,9 +250,9 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 
 
 TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
-          "weight_grad", "bn_relu", "direct", "inference_lax")
+          "weight_grad", "bn_relu", "direct")
 # pool: models/pool.py; weight_grad: models/weight_grad.py; bn_relu: models/norm.py;
-# direct: models/direct_conv.py; inference_lax: direct_conv.forward_wins
+# direct: models/direct_conv.py
 
 
 def enabled_tricks() -> tuple[str, ...]:

@@ -10,11 +10,12 @@
 //
 // The images are taken P at a time: a tile of P images' input rows is packed so that
 // the P values of one (row, column, channel) lie side by side, and a block of
-// (P images x up to 4 vectors of output features) accumulators stays in registers
-// while the taps and channels stream past, each weight vector loaded once per block
-// and each input value broadcast from the packed rows. All P images share one output
-// pixel, so they share which taps are in bounds. Work items (a tile, an output row)
-// write disjoint outputs: the result does not depend on the thread count.
+// (P images x up to kBlockVectors vectors of output features) accumulators stays in
+// registers while the taps and channels stream past, each weight vector loaded once
+// per block and each input value broadcast from the packed rows. All P images share
+// one output pixel, so they share which taps are in bounds. Work items (a tile, an
+// output row) write disjoint outputs: the result does not depend on the thread count,
+// nor on the block size (each output's sum runs over taps and channels in one order).
 
 #include <algorithm>
 #include <cstdint>
@@ -81,6 +82,22 @@ using PixelFn = void (*)(const float*, const float*, float*, const Dims&, int64_
 
 constexpr int kMaxTile = 12;  // images per tile at most
 
+// Output-feature vectors per block at most; a tile holds kAccumulators / that many
+// images, and each weight vector loaded serves that many. With AVX2, 4 vectors (tiles
+// of 3) lost to lax's forward pass on every layer wider than 24 features: a block's
+// weights for all taps (7x7x32x32 floats: 200 KB) stream from L2 once per pixel and
+// serve only 3 images. 2 vectors (tiles of 6, the usual 6x16 AVX2 block) won or tied
+// on 21 of 23 layers. lax's time over the kernel's per layer on an AMD EPYC (Zen 3),
+// 4 / 3 / 2 / 1 vectors: 0.64-0.94 / 0.63-1.02 / 0.84-1.22 / 0.83-1.09 on the 18
+// layers of 30-128 features (`DIGITJAX_CPU_DEVICES=1 python
+// experiments/layer_forward.py`, experiments/results/layer_forward_zen3*.md). AVX-512
+// (4 vectors, tiles of 6) was at parity or faster on every layer (session 17).
+#if defined(__AVX512F__)
+constexpr int kBlockVectors = 4;
+#else
+constexpr int kBlockVectors = 2;
+#endif
+
 template <int FV, int... P>
 PixelFn PickTile(int p, std::integer_sequence<int, P...>) {
   PixelFn table[] = {&Pixel<P + 1, FV>...};
@@ -118,7 +135,7 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   }
   const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[3], wd[0], wd[1], pad_h, pad_w};
   const int64_t vecs = d.wf / kLanes;
-  const int fv = static_cast<int>(std::min<int64_t>(4, vecs));
+  const int fv = static_cast<int>(std::min<int64_t>(kBlockVectors, vecs));
   const int tile = std::min(kMaxTile, kAccumulators / fv);
   const int64_t tiles = (d.n + tile - 1) / tile;
   const float* in = x.typed_data();
@@ -133,8 +150,8 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     const int64_t t = k / d.oh, y = k % d.oh;
     const int64_t n0 = t * tile, p = std::min<int64_t>(tile, d.n - n0);
     float* on = o + n0 * d.oh * d.ow * d.f;
-    for (int64_t f0 = 0; f0 < d.wf; f0 += 4 * kLanes) {
-      const int v = static_cast<int>(std::min<int64_t>(4, (d.wf - f0) / kLanes));
+    for (int64_t f0 = 0; f0 < d.wf; f0 += kBlockVectors * kLanes) {
+      const int v = static_cast<int>(std::min<int64_t>(kBlockVectors, (d.wf - f0) / kLanes));
       const PixelFn pixel = Pick(static_cast<int>(p), v);
       for (int64_t xx = 0; xx < d.ow; ++xx) pixel(packed + n0 * image, wt, on, d, y, xx, f0);
     }

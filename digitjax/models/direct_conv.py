@@ -26,22 +26,6 @@ def takes(x: jax.Array, w: jax.Array, pads) -> bool:
             and weight_grad.usable())
 
 
-# The widest output (features) at which the kernel's forward pass beats lax's on a CPU
-# without AVX-512 (8 floats per vector). Per layer at batch 128 on an AMD EPYC (Zen 3,
-# AVX2), lax's time over the kernel's, all 23 layers the shipped models hand the kernel
-# (`DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py`,
-# experiments/results/layer_forward_zen3.md): 8-24 features 1.20-1.64 (5 layers),
-# 30-128 features 0.64-0.94 (18 layers). With AVX-512 the kernel was at parity or
-# faster on every layer measured (session 17), so there it takes them all.
-AVX2_FORWARD_MAX_FEATURES = 24
-
-
-def forward_wins(w: jax.Array) -> bool:
-    """Whether the kernel's forward pass is the faster one for kernel `w` (HWIO) on this
-    CPU (see AVX2_FORWARD_MAX_FEATURES); models/conv.py's `inference_lax` asks."""
-    return weight_grad.lanes() == 16 or w.shape[3] <= AVX2_FORWARD_MAX_FEATURES
-
-
 def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
     """The stride-1 convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high)
     pairs for H and W. Output features that are not a whole number of vectors (8, or 16
