@@ -1,9 +1,11 @@
 """The `direct` kernel's forward pass against lax's, layer by layer, for every
 convolution a model hands the kernel (models/conv.py's `_direct_conv`): the measurement
-behind direct_conv.cc's block size on AVX2 (`kBlockVectors`).
+behind direct_conv.cc's block size on AVX2 (`kBlockVectors`). With `--pass weight_grad`,
+the same layers' weight gradients: the `weight_grad` kernel against lax's (the
+measurement behind weight_grad.cc's AVX2 blocks and image groups).
 
     python experiments/layer_forward.py [--models kernel_cnn:7,cnn] [--batch 128] \
-        [--out layer_forward]
+        [--pass forward|weight_grad] [--out layer_forward]
 
 Each layer's two forms are jitted alone on random inputs and timed in alternating
 rounds (7 rounds of 10 calls); the medians and lax's time over the kernel's are
@@ -65,11 +67,31 @@ def time_pair(fns, args, rounds: int = 7, calls: int = 10) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def forward_forms(kernel: tuple, pads) -> tuple:
+    """The kernel's and lax's convolution, each of (x, w)."""
+    return (jax.jit(lambda x, w: direct_conv.conv(x, w, pads)),
+            jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads,
+                                                          dimension_numbers=conv.NHWC)))
+
+
+def weight_grad_forms(kernel: tuple, pads) -> tuple:
+    """The kernel's and lax's weight gradient, each of (x, output gradient g)."""
+    def by_lax(x, g):
+        w = jnp.zeros(kernel, jnp.float32)
+        _, pull = jax.vjp(lambda w: lax.conv_general_dilated(
+            x, w, (1, 1), pads, dimension_numbers=conv.NHWC), w)
+        return pull(g)[0]
+    return (jax.jit(lambda x, g: weight_grad.conv_weight_grad(x, g, kernel[:2], 1, pads)),
+            jax.jit(by_lax))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn,strided_cnn,kernel_cnn:3,kernel_cnn:5,"
                                         "kernel_cnn:7,inception_cnn")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--pass", dest="pass_", choices=("forward", "weight_grad"),
+                    default="forward")
     ap.add_argument("--out", default="layer_forward")
     a = ap.parse_args()
     if weight_grad.lanes() is None or len(jax.devices()) != 1:
@@ -81,10 +103,13 @@ def main() -> None:
         for shape, kernel, pads in direct_layers(model, a.batch):
             x = jnp.asarray(rng.standard_normal((a.batch, *shape), np.float32))
             w = jnp.asarray(rng.standard_normal(kernel, np.float32))
-            by_kernel = jax.jit(lambda x, w, p=pads: direct_conv.conv(x, w, p))
-            by_lax = jax.jit(lambda x, w, p=pads: lax.conv_general_dilated(
-                x, w, (1, 1), p, dimension_numbers=conv.NHWC))
-            k_ms, l_ms = time_pair((by_kernel, by_lax), (x, w))
+            if a.pass_ == "forward":
+                fns, second = forward_forms(kernel, pads), w
+            else:  # the weight gradient takes the output gradient in place of w
+                fns = weight_grad_forms(kernel, pads)
+                y = jax.eval_shape(forward_forms(kernel, pads)[1], x, w)
+                second = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+            k_ms, l_ms = time_pair(fns, (x, second))
             rows.append(f"| {model} | {'x'.join(map(str, shape))} | "
                         f"{'x'.join(map(str, kernel))} | {pads} | {k_ms:.2f} | {l_ms:.2f} | "
                         f"{l_ms / k_ms:.2f} |")
@@ -92,10 +117,11 @@ def main() -> None:
     note = (f"\nCPU: {cpu_name()}, kernel vector width "
             f"{weight_grad.lanes()} floats; batch {a.batch}; medians of 7 alternating rounds "
             f"of 10 calls.\n")
-    write_results(a.out, "The direct kernel's forward pass vs lax's, per layer",
-                  "\n".join(rows) + "\n" + note,
+    title = {"forward": "The direct kernel's forward pass vs lax's, per layer",
+             "weight_grad": "The weight_grad kernel vs lax's weight gradient, per layer"}
+    write_results(a.out, title[a.pass_], "\n".join(rows) + "\n" + note,
                   f"DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py --models "
-                  f"{a.models} --batch {a.batch} --out {a.out}")
+                  f"{a.models} --batch {a.batch} --pass {a.pass_} --out {a.out}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def conv_operands(batch: int, size, channels: int, features: int, kernel):
     (4, 11, 24, 16, 4, 3, "VALID"),    # stride 3; 16 features: one AVX-512 vector
     (6, 10, 30, 36, 3, 1, "VALID"),    # kernel_cnn:3's CPU widths: 36 features padded
     (2, 7, 5, 3, 3, 2, "SAME"),        # 3 features: less than a vector
+    (40, 16, 16, 32, 7, 1, "VALID"),   # kernel_cnn:7's widths: 7 * 16 values a kernel row
+    # (blocks of 6 and a tail of 4 with AVX2); 5 images a chunk in groups of 2, 2 and 1
 ])
 def test_kernel_equals_lax_weight_gradient(batch, size, channels, features, kernel, stride,
                                            padding):
