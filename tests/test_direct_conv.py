@@ -49,6 +49,22 @@ def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, fea
     assert np.array_equal(forward(x, w), forward(x, w))  # each output is one work item's
 
 
+def test_an_images_output_does_not_depend_on_its_place_in_the_batch():
+    """7 images in tiles of 6 and 1 (AVX2; 24 features: blocks of 2 vectors and 1) or one
+    tile of 7 (AVX-512), against each image alone: the same bits, forward and input
+    gradient (each output one order of fused multiply-adds: weight_grad.py's
+    GCC_FLAGS)."""
+    x, w, kg = conv_operands(7, 8, 5, 24, 3)
+    pads = ((1, 1), (1, 1))
+    g = jax.random.normal(kg, (7, 8, 8, 24))
+    forward = jax.jit(lambda x, w: direct_conv.conv(x, w, pads))
+    backward = jax.jit(lambda g, w: direct_conv.input_grad(g, w, pads, (g.shape[0], 8, 8, 5)))
+    for f, a in ((forward, x), (backward, g)):
+        batch = f(a, w)
+        for i in range(7):
+            assert np.array_equal(batch[i:i + 1], f(a[i:i + 1], w)), (f, i)
+
+
 def test_takes_float32_with_padding_the_input_gradient_can_mirror(monkeypatch):
     x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 16))
     assert not weight_grad.usable() or jax.device_count() == 1  # 2 devices: never used

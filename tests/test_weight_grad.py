@@ -32,6 +32,19 @@ def conv_operands(batch: int, size, channels: int, features: int, kernel):
             jax.random.normal(kk, (kh, kw, channels, features)), kg)
 
 
+def test_a_features_gradient_does_not_depend_on_the_features_beside_it():
+    """8 features and 40 features block a kernel row of 13 values differently (AVX2:
+    12 + 1 with one vector, 6 + 6 + 1 with two; AVX-512: 12 + 1, and 8 + 5 with three):
+    the first 8 features' gradients are still the same bits, each sum over images and
+    pixels running in one order of fused multiply-adds (weight_grad.py's GCC_FLAGS)."""
+    x, _, kg = conv_operands(11, 9, 13, 40, (3, 1))
+    g = jax.random.normal(kg, (11, 7, 9, 40))
+    dw = jax.jit(lambda x, g: weight_grad.conv_weight_grad(x, g, (3, 1), 1, ((0, 0), (0, 0))))
+    wide, narrow = dw(x, g), dw(x, g[..., :8])
+    assert narrow.shape == (3, 1, 13, 8)
+    assert np.array_equal(narrow, wide[..., :8])
+
+
 @pytest.mark.parametrize("batch,size,channels,features,kernel,stride,padding", [
     (16, 12, 32, 32, 3, 1, "VALID"),   # strided_cnn's stride-1 layers, 2 images a chunk
     (13, 12, 32, 64, 5, 2, "SAME"),    # a strided layer; 13 images in 8 uneven chunks

@@ -15,7 +15,9 @@
 // per block and each input value broadcast from the packed rows. All P images share
 // one output pixel, so they share which taps are in bounds. Work items (a tile, an
 // output row) write disjoint outputs: the result does not depend on the thread count,
-// nor on the block size (each output's sum runs over taps and channels in one order).
+// nor on the block (each output's sum runs over taps and channels in one order, each
+// step one fused multiply-add: see weight_grad.py's GCC_FLAGS), so an image's output
+// does not depend on its place in the batch.
 
 #include <algorithm>
 #include <cstdint>
@@ -82,21 +84,16 @@ using PixelFn = void (*)(const float*, const float*, float*, const Dims&, int64_
 
 constexpr int kMaxTile = 12;  // images per tile at most
 
-// Output-feature vectors per block at most; a tile holds kAccumulators / that many
-// images, and each weight vector loaded serves that many. With AVX2, 4 vectors (tiles
-// of 3) lost to lax's forward pass on every layer wider than 24 features: a block's
-// weights for all taps (7x7x32x32 floats: 200 KB) stream from L2 once per pixel and
-// serve only 3 images. 2 vectors (tiles of 6, the usual 6x16 AVX2 block) won or tied
-// on 21 of 23 layers. lax's time over the kernel's per layer on an AMD EPYC (Zen 3),
-// 4 / 3 / 2 / 1 vectors: 0.64-0.94 / 0.63-1.02 / 0.84-1.22 / 0.83-1.09 on the 18
-// layers of 30-128 features (`DIGITJAX_CPU_DEVICES=1 python
-// experiments/layer_forward.py`, experiments/results/layer_forward_zen3*.md). AVX-512
-// (4 vectors, tiles of 6) was at parity or faster on every layer (session 17).
-#if defined(__AVX512F__)
-constexpr int kBlockVectors = 4;
-#else
-constexpr int kBlockVectors = 2;
-#endif
+// The block: kBlockVectors (kernels.h) feature vectors at most, and a tile of
+// kAccumulators / that many images (at most kMaxTile). With AVX2, 4 vectors (tiles of 3)
+// lost to lax's forward pass on every layer wider than 24 features: a block's weights
+// for all taps (7x7x32x32 floats: 200 KB) stream from L2 once per pixel and serve only
+// 3 images. 2 vectors (tiles of 6, the usual 6x16 AVX2 block) won or tied on 21 of 23
+// layers. lax's time over the kernel's per layer on an AMD EPYC (Zen 3), 4 / 3 / 2 / 1
+// vectors: 0.64-0.94 / 0.63-1.02 / 0.84-1.22 / 0.83-1.09 on the 18 layers of 30-128
+// features (`DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py`,
+// experiments/results/layer_forward_zen3*.md). AVX-512 (4 vectors, tiles of 6) was at
+// parity or faster on every layer (session 17).
 
 template <int FV, int... P>
 PixelFn PickTile(int p, std::integer_sequence<int, P...>) {
@@ -133,6 +130,7 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       od[1] < 1 || od[2] < 1 || scratch->element_count() != x.element_count()) {
     return ffi::Error::InvalidArgument("direct conv: shapes do not match");
   }
+  if (out->element_count() == 0) return ffi::Error::Success();  // nothing to compute
   const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[3], wd[0], wd[1], pad_h, pad_w};
   const int64_t vecs = d.wf / kLanes;
   const int fv = static_cast<int>(std::min<int64_t>(kBlockVectors, vecs));

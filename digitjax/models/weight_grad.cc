@@ -31,8 +31,8 @@ struct Shape {
   int64_t kh, kw, s;      // kernel and stride
 };
 
-// dw[i, r0:r0+CB, f0:f0+FV*kLanes] += image n's share, where r runs over kernel row i's
-// kw * c (tap, channel) values (see Plan).
+// dw[i, r0:r0+CB, f0:f0+FV*kLanes] += images n0..n1-1's share, where r runs over kernel
+// row i's kw * c (tap, channel) values (see Plan).
 template <int FV, int CB>
 void Block(const float* x, const float* g, float* dw, const Shape& sh, int64_t n0,
            int64_t n1, int64_t i, int64_t r0, int64_t f0) {
@@ -101,15 +101,6 @@ struct Plan {
   BlockFn tail;  // the row's last row % cb values, or null
 };
 
-// Feature vectors per block. With AVX2 (16 registers), 2 vectors x 6 values rather than
-// 4 x 3: each output-gradient vector loaded serves 6 values, not 3. Measured with the
-// groups below, on an AMD EPYC (Zen 3): see kGroupBytes. AVX-512 keeps 4 (session 15).
-#if defined(__AVX512F__)
-constexpr int kBlockVectors = 4;
-#else
-constexpr int kBlockVectors = 2;
-#endif
-
 std::vector<Plan> Blocking(int64_t row, int64_t f) {
   std::vector<Plan> plans;
   for (int64_t f0 = 0; f0 < f; f0 += kBlockVectors * kLanes) {
@@ -124,14 +115,18 @@ std::vector<Plan> Blocking(int64_t row, int64_t f) {
 // A chunk's images are taken in groups of about this many bytes of input and output
 // gradient, and a block's accumulators stay in registers across a group's images: a
 // small output (kernel_cnn:7's last layer: 4x4 pixels) otherwise loads and stores the
-// block for every 16 pixels. Groups, the AVX2 blocks above and blocks that do not have
-// to divide the row (kernel_cnn:7's 7 * 16 values: 6s and a 4, not 4s), together, per
-// layer at batch 128 on Zen 3 (a one-off script timing this kernel against lax's
-// weight gradient on kernel_cnn:7/5/3 and strided_cnn's layers): the 13 layers' sum
-// 190 -> 131 ms; kernel_cnn:7's three 19.9 / 28.2 / 12.1 -> 13.7 / 19.3 / 6.2 ms
-// (lax's: 16.7 / 20.2 / 7.3). 64 KB and 192 KB groups tied; 1 MB was slower (200 ms).
-// Each dw value's sum still runs over images, then pixels, in order: the result is the
-// same bit for bit.
+// block for every 16 pixels. Groups, blocks of kBlockVectors (kernels.h: 2 with AVX2,
+// 4 before) and blocks that need not divide the row (kernel_cnn:7's 7 * 16 values: 6s
+// and a 4, not 4s) together, per layer at batch 128 on an AMD EPYC (Zen 3), against
+// lax's weight gradient, kernel_cnn:7/5/3 and strided_cnn's 13 layers: 190 ms in all
+// -> 161 (2-vector blocks alone) -> 131; kernel_cnn:7's three 19.9 / 28.2 / 12.1 ->
+// 13.7 / 19.3 / 6.2 ms (lax's: 16.7 / 20.2 / 7.3); 64 KB and 192 KB groups tied, 1 MB
+// lost (200 ms). `DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py --pass
+// weight_grad` measures every layer of the six models
+// (experiments/results/layer_weight_grad_zen3.md). The groups and the row tails apply
+// with AVX-512 too, where they have not been measured. Each dw value still sums images,
+// then pixels, in order, each step one fused multiply-add (weight_grad.py's GCC_FLAGS):
+// the blocking does not change a bit of the result.
 constexpr int64_t kGroupBytes = 64 * 1024;
 
 // Chunk k's partial sum over its images, a group at a time (the group's input and output
@@ -140,7 +135,7 @@ void Chunk(const float* x, const float* g, float* part, const Shape& sh, int64_t
            int64_t n1, const std::vector<Plan>& plans) {
   const int64_t row = sh.kw * sh.c;  // dw[i] holds row x f values
   const int64_t image = (sh.h * sh.w * sh.c + sh.oh * sh.ow * sh.f) * sizeof(float);
-  const int64_t group = std::max<int64_t>(1, kGroupBytes / image);
+  const int64_t group = std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(image, 1));
   std::fill(part, part + sh.kh * row * sh.f, 0.0f);
   for (int64_t n = n0; n < n1; n += group) {
     const int64_t m = std::min(n1, n + group);
@@ -165,10 +160,11 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument("conv weight grad: shapes do not match");
   }
   const Shape sh{xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], stride};
-  const std::vector<Plan> plans = Blocking(sh.kw * sh.c, sh.f);
   const int64_t n = xd[0];
   const int64_t size = sh.kh * sh.kw * sh.c * sh.f;
   float* out = dw->typed_data();
+  if (size == 0) return ffi::Error::Success();  // no weights
+  const std::vector<Plan> plans = Blocking(sh.kw * sh.c, sh.f);
   if (n == 0) {
     std::fill(out, out + size, 0.0f);
     return ffi::Error::Success();

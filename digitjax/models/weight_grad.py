@@ -9,7 +9,7 @@ This module also builds and registers digitjax's C++ kernels, this one and
 direct_conv.cc's (models/direct_conv.py), as one library: compiled on first use with
 the machine's C++ compiler (`c++`, or $CXX), for this CPU (`-march=native`), against the
 FFI headers jaxlib ships, into `$DIGITJAX_KERNEL_CACHE` (default
-`~/.cache/digitjax/kernels`; one file per version of the sources, jaxlib and CPU,
+`~/.cache/digitjax/kernels`; one file per version of the sources, flags, jaxlib and CPU,
 written atomically), and loaded from there afterwards. Where it cannot be built,
 digitjax warns once and lax's convolutions run instead. It takes
 float32 convolutions; output channels that are not a multiple of the vector width (8,
@@ -45,6 +45,16 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
 
 
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-w")
+# GCC only: contract every `acc += b * w` into one fused multiply-add. Tuned for AMD Zen
+# (-march=native there), GCC 12 leaves a block with a single accumulator as a multiply
+# and an add, rounded twice, while larger blocks fuse: an output's bits then depended on
+# which block computed it (on its image's place in the batch, or on how many features
+# sat beside it). tests/test_direct_conv.py and test_weight_grad.py check that they
+# do not.
+GCC_FLAGS = ("--param", "avoid-fma-max-bits=0")
+
+
 def _cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -57,6 +67,7 @@ def _library_path() -> Path:
     cache = Path(os.environ.get("DIGITJAX_KERNEL_CACHE")
                  or Path.home() / ".cache" / "digitjax" / "kernels")
     key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + jaxlib.__version__.encode()
+                         + " ".join(FLAGS + GCC_FLAGS).encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
     return cache / f"conv_kernels-{key}.so"
 
@@ -76,7 +87,10 @@ def _build(path: Path) -> None:
     if not compiler:
         raise RuntimeError("no C++ compiler (c++, g++ or $CXX) on this machine")
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    flags = [*FLAGS, *(() if "clang" in version.lower() else GCC_FLAGS),
+             f"-I{jax.ffi.include_dir()}"]
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         sources = [p for p in SOURCES if p.suffix == ".cc"]
         objects = [str(Path(tmp) / f"{p.stem}.o") for p in sources]
