@@ -32,6 +32,18 @@ def conv_operands(batch: int, size, channels: int, features: int, kernel):
             jax.random.normal(kk, (kh, kw, channels, features)), kg)
 
 
+def test_empty_weights_and_outputs_compute_nothing():
+    """No input channels (no weights), or no output pixels: no division by zero in the
+    kernels' blocking, and the usual shapes (zeros where there are values)."""
+    x, _, _ = conv_operands(3, 6, 2, 8, 3)
+    dw = weight_grad.conv_weight_grad(x[..., :0], jnp.ones((3, 4, 4, 8)), (3, 3), 1,
+                                      ((0, 0), (0, 0)))
+    assert dw.shape == (3, 3, 0, 8)
+    dw = weight_grad.conv_weight_grad(x[:, :0], jnp.ones((3, 0, 4, 8)), (1, 3), 1,
+                                      ((0, 0), (0, 0)))
+    assert dw.shape == (1, 3, 2, 8) and not np.asarray(dw).any()
+
+
 def test_a_features_gradient_does_not_depend_on_the_features_beside_it():
     """8 features and 40 features block a kernel row of 13 values differently (AVX2:
     12 + 1 with one vector, 6 + 6 + 1 with two; AVX-512: 12 + 1, and 8 + 5 with three):
