@@ -80,8 +80,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    `weight_grad`, for the convolutions `taps` and `pointwise` leave, before the row
    split. Per layer at batch 128 (a one-off script; kernel_cnn:7's last three layers),
    input gradient 17.9/22.0/10.9 ms with the row split, 11.9/14.2/4.2 ms here; forward
-   passes at parity with Eigen's or faster. Whole step, this trick off vs on, paired
-   on one device (`python experiments/paired_tricks.py --model M --a
+   passes at parity with Eigen's or faster (AVX-512; with AVX2, 21 of the six models'
+   23 layers: experiments/results/layer_forward_zen3_bv2.md). Whole step, this trick
+   off vs on, paired on one device (`python experiments/paired_tricks.py --model M --a
    space_to_depth,row_split,pool,pointwise,taps,weight_grad,bn_relu --b 1 --rounds 5`,
    experiments/results/paired_direct_*.md), training / inference: kernel_cnn:7
    1.30x / 1.08x, kernel_cnn:5 1.06 / 1.10, kernel_cnn:3 1.04 / 1.09, cnn 1.10 / 1.09,
