@@ -66,8 +66,10 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    kernel, an XLA FFI custom call (models/weight_grad.py, weight_grad.cc), where Eigen
    runs it as a convolution far below the matmul peak. Used where the process has one
    XLA device (`weight_grad.usable`). Per layer 2.1-3.2x faster than lax's
-   (`python experiments/weight_grad_forms.py`); whole training step, kernel off and on,
-   paired on one device: cnn 1.35x, strided_cnn 1.45x (experiments/README.md, session 15).
+   (`python experiments/weight_grad_forms.py`, AVX-512; with AVX2, 1.05-3.32x on 21 of
+   23 layers: experiments/results/layer_weight_grad_zen3.md); whole training step,
+   kernel off and on, paired on one device: cnn 1.35x, strided_cnn 1.45x
+   (experiments/README.md, session 15).
 
 6. `direct`: the forward pass and input gradient of a float32 stride-1 convolution
    (`_direct_conv`; also the space-to-depth form's input gradient in trick 1) as one
