@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from digitjax.models import create_model
+from digitjax.models import conv, create_model
 
 TABLE_WIDTH = 120  # characters of the layer table
 
@@ -38,8 +38,9 @@ def summarize(config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
                         console_kwargs={"width": TABLE_WIDTH, "force_terminal": False,
                                         "color_system": None})(jnp.zeros(image.shape),
                                                                train=False)
-    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-        variables, image).compile().cost_analysis()
+    with conv.tricks_off():  # the model's FLOPs: none are counted inside a custom call
+        cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+            variables, image).compile().cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per computation
         cost = cost[0] if cost else {}
     _, captured = jax.eval_shape(lambda v, x: model.apply(

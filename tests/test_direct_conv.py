@@ -115,3 +115,33 @@ def test_on_one_device_stride_1_convolutions_take_the_kernel_both_ways():
     done = subprocess.run([sys.executable, "-c", ONE_DEVICE], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+SUMMARY_FLOPS = """
+import os
+import jax, jax.numpy as jnp
+from digitjax import model_summary
+from digitjax.configs import best
+from digitjax.models import create_model
+config = best.get_config()
+model = create_model(config, 10)
+x = jnp.zeros((1, 28, 28, 1))
+variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
+assert "digitjax_direct_conv" in hlo  # the kernel computes the model's inference here
+with_tricks = model_summary.summarize(config, (28, 28, 1), 10)["flops_per_image"]
+os.environ["DIGITJAX_CPU_CONV_TRICKS"] = "0"
+lax_only = model_summary.summarize(config, (28, 28, 1), 10)["flops_per_image"]
+assert with_tricks == lax_only > 25e6, (with_tricks, lax_only)
+print("ok")
+"""
+
+
+def test_the_model_summary_counts_the_flops_the_kernels_compute():
+    """XLA's cost analysis counts nothing inside a custom call: on one device, where
+    strided_cnn's inference runs on the direct kernel, the summary still counts every
+    convolution (lax's, traced with the tricks off), as with DIGITJAX_CPU_CONV_TRICKS=0."""
+    env = {**os.environ, "DIGITJAX_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+    done = subprocess.run([sys.executable, "-c", SUMMARY_FLOPS], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

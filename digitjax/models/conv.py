@@ -100,9 +100,11 @@ using them need DIGITJAX_CPU_CONV_TRICKS=0 (or `pointwise` alone).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import jax
@@ -258,8 +260,26 @@ TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
 # direct: models/direct_conv.py
 
 
+_this_thread = threading.local()  # .off: `tricks_off` is active on this thread
+
+
+@contextlib.contextmanager
+def tricks_off() -> Iterator[None]:
+    """Models traced inside, on this thread, use lax's own convolutions, pooling and
+    batch norm, as with DIGITJAX_CPU_CONV_TRICKS=0: for XLA's cost analysis, which
+    counts no FLOPs inside the kernels' custom calls. Other threads (a training step
+    compiling in the background) are not affected."""
+    _this_thread.off = True
+    try:
+        yield
+    finally:
+        _this_thread.off = False
+
+
 def enabled_tricks() -> tuple[str, ...]:
     """The CPU rewrites DIGITJAX_CPU_CONV_TRICKS allows (read at each trace)."""
+    if getattr(_this_thread, "off", False):
+        return ()
     chosen = os.environ.get("DIGITJAX_CPU_CONV_TRICKS", "").strip() or "1"
     names = (TRICKS if chosen == "1" else () if chosen == "0"
              else tuple(n.strip() for n in chosen.split(",") if n.strip()))
