@@ -67,7 +67,7 @@ def time_pair(fns, args, rounds: int = 7, calls: int = 10) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def forward_forms(kernel: tuple, pads) -> tuple:
+def forward_forms(pads) -> tuple:
     """The kernel's and lax's convolution, each of (x, w)."""
     return (jax.jit(lambda x, w: direct_conv.conv(x, w, pads)),
             jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads,
@@ -104,10 +104,10 @@ def main() -> None:
             x = jnp.asarray(rng.standard_normal((a.batch, *shape), np.float32))
             w = jnp.asarray(rng.standard_normal(kernel, np.float32))
             if a.pass_ == "forward":
-                fns, second = forward_forms(kernel, pads), w
+                fns, second = forward_forms(pads), w
             else:  # the weight gradient takes the output gradient in place of w
                 fns = weight_grad_forms(kernel, pads)
-                y = jax.eval_shape(forward_forms(kernel, pads)[1], x, w)
+                y = jax.eval_shape(forward_forms(pads)[1], x, w)
                 second = jnp.asarray(rng.standard_normal(y.shape, np.float32))
             k_ms, l_ms = time_pair(fns, (x, second))
             rows.append(f"| {model} | {'x'.join(map(str, shape))} | "

@@ -269,11 +269,12 @@ def tricks_off() -> Iterator[None]:
     batch norm, as with DIGITJAX_CPU_CONV_TRICKS=0: for XLA's cost analysis, which
     counts no FLOPs inside the kernels' custom calls. Other threads (a training step
     compiling in the background) are not affected."""
+    outer = getattr(_this_thread, "off", False)
     _this_thread.off = True
     try:
         yield
     finally:
-        _this_thread.off = False
+        _this_thread.off = outer
 
 
 def enabled_tricks() -> tuple[str, ...]:

@@ -73,9 +73,11 @@ BlockFn PickChannels(int cb, std::integer_sequence<int, CB...>) {
   return cb >= 1 && cb <= static_cast<int>(sizeof...(CB)) ? table[cb - 1] : nullptr;
 }
 
+constexpr int kMaxValues = 12;  // kernel-row values per block at most (Block<FV, 1..12>)
+
 template <int FV>
 BlockFn PickChannels(int cb) {
-  return PickChannels<FV>(cb, std::make_integer_sequence<int, 12>());
+  return PickChannels<FV>(cb, std::make_integer_sequence<int, kMaxValues>());
 }
 
 BlockFn Pick(int fv, int cb) {
@@ -92,8 +94,8 @@ BlockFn Pick(int fv, int cb) {
 // row of a pixel's patch) and in dw: the blocks run over them together, so a few-channel
 // layer (a first layer's 1 or 3) still fills the accumulators. Feature blocks of up to
 // kBlockVectors vectors (the last may be narrower), and per block as many of those
-// kw * c values as fit the accumulators beside it (at most 12), the last block of a row
-// taking the rest.
+// kw * c values as fit the accumulators beside it (at most kMaxValues), the last block
+// of a row taking the rest.
 struct Plan {
   int64_t f0;
   int cb;
@@ -105,7 +107,8 @@ std::vector<Plan> Blocking(int64_t row, int64_t f) {
   std::vector<Plan> plans;
   for (int64_t f0 = 0; f0 < f; f0 += kBlockVectors * kLanes) {
     const int fv = static_cast<int>(std::min<int64_t>(kBlockVectors, (f - f0) / kLanes));
-    const int cb = static_cast<int>(std::min<int64_t>(row, std::min(12, kAccumulators / fv)));
+    const int cb =
+        static_cast<int>(std::min<int64_t>(row, std::min(kMaxValues, kAccumulators / fv)));
     const int rest = static_cast<int>(row % cb);
     plans.push_back({f0, cb, Pick(fv, cb), rest ? Pick(fv, rest) : nullptr});
   }
@@ -164,11 +167,11 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t size = sh.kh * sh.kw * sh.c * sh.f;
   float* out = dw->typed_data();
   if (size == 0) return ffi::Error::Success();  // no weights
-  const std::vector<Plan> plans = Blocking(sh.kw * sh.c, sh.f);
   if (n == 0) {
     std::fill(out, out + size, 0.0f);
     return ffi::Error::Success();
   }
+  const std::vector<Plan> plans = Blocking(sh.kw * sh.c, sh.f);
   // the caller chooses how many partial sums (chunks of the batch): scratch's first axis
   const int64_t chunks = scratch->dimensions().size() == 5 ? scratch->dimensions()[0] : 0;
   if (chunks < 1 || chunks > n || scratch->element_count() != chunks * size) {
