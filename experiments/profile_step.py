@@ -1,7 +1,10 @@
 """Where the training step's time goes: a jax.profiler trace of a few steps, summed
 per XLA operation (thread time, so concurrent ops add up past the wall time).
 
-    python experiments/profile_step.py [--model cnn] [--steps 20] [--top 25]
+    python experiments/profile_step.py [--model cnn] [--steps 20] [--top 25] [--inference]
+
+With --inference, the forward pass of evaluation (`train.apply_model`, as
+experiments/benchmark.py times it) in place of the training step.
 
 Run it under different XLA_FLAGS (or DIGITJAX_XLA_CPU_FLAGS=0) to compare.
 """
@@ -43,12 +46,16 @@ def main() -> None:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--inference", action="store_true")
     a = ap.parse_args()
     config = step_config(a.model)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
-    step = loop.make_train_fn(config, None)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), np.uint8))
     y = jnp.zeros((128,), jnp.int32)
+    step = loop.make_train_fn(config, None)
+    if a.inference:  # the state passes through, so the loop below stays one shape
+        forward = jax.jit(lambda s, im, _: (s, train.apply_model(s, im.astype("float32") / 255)))
+        step = forward
     for _ in range(5):
         state, m = step(state, x, y)
     jax.block_until_ready(m)

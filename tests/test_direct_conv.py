@@ -103,14 +103,21 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
             x, w, (1, 1), padding, dimension_numbers=dims)), (0, 1))(x, w)
         assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
                                                                            atol=1e-3), tricks
+os.environ["DIGITJAX_CPU_CONV_TRICKS"] = "1"
+for k, route in ((5, "_direct_conv"), (3, "tap_sum_conv")):  # a first layer: one channel
+    x, w = jnp.ones((2, 12, 12, 1)), jnp.ones((k, k, 1, 16))
+    jaxpr = str(jax.make_jaxpr(lambda x: cpu_conv(x, w, (1, 1), "VALID",
+                                                  dimension_numbers=dims))(x))
+    assert f"name={route}" in jaxpr, (k, jaxpr)
 print("ok")
 """
 
 
 def test_on_one_device_stride_1_convolutions_take_the_kernel_both_ways():
     """Forward pass and input gradient (two custom calls in the gradient's program) on
-    one XLA device with the trick on; none with it off. This pytest process has
-    digitjax's 2-device split, where lax's convolutions run."""
+    one XLA device with the trick on; none with it off; a one-channel input's 5x5
+    kernel takes it too, a 3x3 one `taps`. This pytest process has digitjax's 2-device
+    split, where lax's convolutions run."""
     env = {**os.environ, "DIGITJAX_CPU_DEVICES": "1", "XLA_FLAGS": ""}
     done = subprocess.run([sys.executable, "-c", ONE_DEVICE], env=env, capture_output=True,
                           text=True, check=False)

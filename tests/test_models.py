@@ -147,9 +147,12 @@ def test_pointwise_conv_is_a_matmul_equal_to_lax_with_its_gradients(padding):
 @pytest.mark.parametrize("channels,kernel,padding", [
     (1, 3, "SAME"), (1, 5, "VALID"), (3, 3, "SAME"), (4, (2, 3), ((0, 2), (1, 0))),
 ])
-def test_tap_sum_conv_equals_lax_with_its_gradients(channels, kernel, padding):
+def test_tap_sum_conv_equals_lax_with_its_gradients(channels, kernel, padding, monkeypatch):
     """A stride-1 convolution of a few-channel input sums shifted slices (no
-    convolution in its forward pass); value and both gradients equal lax's."""
+    convolution in its forward pass); value and both gradients equal lax's. (With the
+    `direct` trick on one device, kernels past TAPS_MAX_TAPS go there instead:
+    test_direct_conv.py.)"""
+    monkeypatch.setenv("DIGITJAX_CPU_CONV_TRICKS", "taps")
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, channels))
     w = jax.random.normal(jax.random.key(1), (kh, kw, channels, 5))

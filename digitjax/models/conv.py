@@ -59,7 +59,12 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    space_to_depth,row_split,pool,pointwise --b 1`, experiments/results/paired_taps_*.md):
    training 1.13x cnn, 1.08x strided_cnn, 1.00x inception_cnn, 0.99x kernel_cnn:5;
    inference 1.36x, 1.10x, 1.19x, 1.05x (medians of 12 rounds). `seed_cnn` got slower
-   with it (0.75x, 0.44x) and keeps lax's convolution.
+   with it (0.75x, 0.44x) and keeps lax's convolution. Kernels of more than
+   TAPS_MAX_TAPS taps go to the `direct` kernel instead where it takes them: a
+   128x28x28x1 layer with its BN-like epilogue, taps / direct / lax (AVX2, Zen 3;
+   `python experiments/first_layer.py`, experiments/results/first_layer_zen3.md):
+   7x7x16 3.43 / 1.57 / 5.22 ms, 5x5x12 1.89 / 1.32 / 5.00, 3x3x12 0.95 / 1.21 / 3.89,
+   3x3x32 0.84 / 1.43 / 3.52.
 
 5. `weight_grad`: the weight gradient of every float32 convolution above, and of the
    stride-1 padded ones the others leave to lax (`_kernel_grad_conv`), as one direct
@@ -347,6 +352,7 @@ def pointwise_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
 
 
 TAPS_MAX_CHANNELS = 4  # input channels up to which `taps` takes a convolution
+TAPS_MAX_TAPS = 9  # kernel taps (kh * kw) past which `direct`, where it applies, takes it
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -395,9 +401,12 @@ def cpu_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padd
         if kh == kw == 1 and precision is None and tricks_on("pointwise"):
             return pointwise_conv(lhs, rhs)
         pads = _explicit_pads(lhs, rhs, (1, 1), padding)
-        if rhs.shape[2] <= TAPS_MAX_CHANNELS and precision is None and tricks_on("taps"):
+        direct = (precision is None and tricks_on("direct")
+                  and direct_conv.takes(lhs, rhs, pads))
+        if (rhs.shape[2] <= TAPS_MAX_CHANNELS and precision is None and tricks_on("taps")
+                and not (direct and kh * kw > TAPS_MAX_TAPS)):
             return tap_sum_conv(lhs, rhs, pads)
-        if precision is None and tricks_on("direct") and direct_conv.takes(lhs, rhs, pads):
+        if direct:
             return _direct_conv(lhs, rhs, pads)
         out_h, out_w = (lhs.shape[i + 1] + sum(pads[i]) - k + 1 for i, k in enumerate((kh, kw)))
         # the row split where it was measured faster: unpadded, or an output smaller

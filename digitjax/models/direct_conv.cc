@@ -48,20 +48,21 @@ void Pixel(const float* packed, const float* wt, float* out, const Dims& d, int6
     for (int v = 0; v < FV; ++v) acc[p][v] = Vec{};
   const int64_t i0 = std::max<int64_t>(0, d.ph - y), i1 = std::min(d.kh, d.h + d.ph - y);
   const int64_t j0 = std::max<int64_t>(0, d.pw - x), j1 = std::min(d.kw, d.w + d.pw - x);
+  // Taps j0..j1 of a kernel row and all channels lie side by side in both the packed
+  // input and the weights: one flat loop of (j1 - j0) * c steps per kernel row.
+  const int64_t count = std::max<int64_t>(0, j1 - j0) * d.c;
   for (int64_t i = i0; i < i1; ++i) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const float* src = packed + ((y + i - d.ph) * d.w + x + j - d.pw) * d.c * P;
-      const float* wij = wt + (i * d.kw + j) * d.c * d.wf + f0;
-      for (int64_t ch = 0; ch < d.c; ++ch) {
-        Vec wv[FV];
+    const float* src = packed + ((y + i - d.ph) * d.w + x + j0 - d.pw) * d.c * P;
+    const float* wij = wt + (i * d.kw + j0) * d.c * d.wf + f0;
+    for (int64_t e = 0; e < count; ++e) {
+      Vec wv[FV];
 #pragma GCC unroll 4
-        for (int v = 0; v < FV; ++v) wv[v] = Load(wij + ch * d.wf + v * kLanes);
+      for (int v = 0; v < FV; ++v) wv[v] = Load(wij + e * d.wf + v * kLanes);
 #pragma GCC unroll 12
-        for (int p = 0; p < P; ++p) {
-          const float b = src[ch * P + p];
+      for (int p = 0; p < P; ++p) {
+        const float b = src[e * P + p];
 #pragma GCC unroll 4
-          for (int v = 0; v < FV; ++v) acc[p][v] += b * wv[v];
-        }
+        for (int v = 0; v < FV; ++v) acc[p][v] += b * wv[v];
       }
     }
   }
