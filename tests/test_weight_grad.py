@@ -114,6 +114,7 @@ x, g = jnp.zeros((2, 6, 6, 3)), jnp.zeros((2, 4, 4, 32))
 assert weight_grad.takes(x, jnp.zeros((3, 3, 3, 32)), g)
 assert weight_grad.takes(x, jnp.zeros((3, 3, 3, 4)), g[..., :4])  # padded to a vector
 assert not weight_grad.takes(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 3, 32)), g)
+assert not weight_grad.takes(x, jnp.zeros((6, 6, 3, 32)), g[:, :1, :1])  # a matmul: lax's
 print("ok")
 """
 

@@ -140,9 +140,13 @@ def usable() -> bool:
 
 
 def takes(x: jax.Array, w: jax.Array, g: jax.Array) -> bool:
-    """Whether the kernel computes this convolution's weight gradient here (`usable`,
-    and float32)."""
-    return all(a.dtype == jnp.float32 for a in (x, w, g)) and usable()
+    """Whether the kernel computes this convolution's weight gradient here: `usable`,
+    float32, and more than one output pixel. A one-pixel output's weight gradient is a
+    matmul (images x taps*channels by images x features), which lax's runs 5x faster:
+    strided_cnn's 4x4x64 -> 1x1x128 layer at batch 128, 0.43 ms against the kernel's
+    2.47 (AVX2, Zen 3; a one-off micro-benchmark, experiments/README.md session 21)."""
+    return (all(a.dtype == jnp.float32 for a in (x, w, g)) and g.shape[1] * g.shape[2] > 1
+            and usable())
 
 
 def pad_to_vectors(a: jax.Array) -> jax.Array:
