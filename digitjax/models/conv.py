@@ -70,9 +70,11 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    stride-1 padded ones the others leave to lax (`_kernel_grad_conv`), as one direct
    kernel, an XLA FFI custom call (models/weight_grad.py, weight_grad.cc), where Eigen
    runs it as a convolution far below the matmul peak. Used where the process has one
-   XLA device (`weight_grad.usable`). Per layer 2.1-3.2x faster than lax's
-   (`python experiments/weight_grad_forms.py`, AVX-512; with AVX2, 1.05-3.32x on 21 of
-   23 layers: experiments/results/layer_weight_grad_zen3.md); whole training step,
+   XLA device (`weight_grad.usable`) and the output has more than one pixel (one
+   pixel's weight gradient is a matmul, lax's: `weight_grad.takes`). Per layer
+   2.1-3.2x faster than lax's (`python experiments/weight_grad_forms.py`, AVX-512;
+   with AVX2, 1.05-3.32x on 21 of 23 layers:
+   experiments/results/layer_weight_grad_zen3.md); whole training step,
    kernel off and on, paired on one device: cnn 1.35x, strided_cnn 1.45x
    (experiments/README.md, session 15).
 
@@ -84,9 +86,10 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    above still multiplies along the width. It keeps a block of 6-12 images x up to 64
    (AVX-512) or 16 (AVX2: direct_conv.cc's kBlockVectors, measured there) output
    features in registers. Used where the process has one XLA device, like
-   `weight_grad`, for the convolutions `taps` and `pointwise` leave, before the row
-   split. Per layer at batch 128 (a one-off script; kernel_cnn:7's last three layers),
-   input gradient 17.9/22.0/10.9 ms with the row split, 11.9/14.2/4.2 ms here; forward
+   `weight_grad`, for the convolutions `taps` and `pointwise` leave (and first layers
+   with kernels past TAPS_MAX_TAPS), before the row split. Per layer at batch 128 (a
+   one-off script; kernel_cnn:7's last three layers), input gradient 17.9/22.0/10.9
+   ms with the row split, 11.9/14.2/4.2 ms here; forward
    passes at parity with Eigen's or faster (AVX-512; with AVX2, 21 of the six models'
    23 layers: experiments/results/layer_forward_zen3_bv2.md). Whole step, this trick
    off vs on, paired on one device (`python experiments/paired_tricks.py --model M --a
