@@ -4,6 +4,7 @@ command line, read a workdir, write a Markdown table."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -114,6 +115,21 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
                  for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def time_pair(fns, args, rounds: int = 7, calls: int = 10) -> list[float]:
+    """Median ms per call of each function, timed in alternating rounds."""
+    for f in fns:
+        f(*args).block_until_ready()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for f, t in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = f(*args)
+            out.block_until_ready()
+            t.append((time.perf_counter() - start) / calls * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def write_results(name: str, title: str, table: str, command: str) -> Path:

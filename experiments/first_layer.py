@@ -13,12 +13,10 @@ alternating rounds (7 rounds of 10 calls); medians in ms. It needs the kernels b
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-from common import cpu_name, write_results
+from common import cpu_name, time_pair, write_results
 from jax import lax
 
 from digitjax.models import conv, direct_conv, weight_grad
@@ -47,16 +45,7 @@ def main() -> None:
             "lax": jax.jit(lambda x, w, p=pads: epilogue(lax.conv_general_dilated(
                 x, w, (1, 1), p, dimension_numbers=conv.NHWC))),
         }
-        times = {name: [] for name in forms}
-        for fn in forms.values():
-            fn(x, w).block_until_ready()
-        for _ in range(7):
-            for name, fn in forms.items():
-                start = time.perf_counter()
-                for _ in range(10):
-                    fn(x, w).block_until_ready()
-                times[name].append((time.perf_counter() - start) / 10 * 1e3)
-        ms = {name: statistics.median(t) for name, t in times.items()}
+        ms = dict(zip(forms, time_pair(list(forms.values()), (x, w)), strict=True))
         rows.append(f"| {k}x{k}x1x{f} | {pad} | {ms['taps']:.2f} | {ms['direct']:.2f} | "
                     f"{ms['lax']:.2f} |")
     table = "\n".join(rows) + (f"\n\nCPU: {cpu_name()}, kernel vector width "

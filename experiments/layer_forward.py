@@ -16,13 +16,11 @@ it needs the kernels built (a C++ compiler) and one XLA device (DIGITJAX_CPU_DEV
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import cpu_name, step_config, write_results
+from common import cpu_name, step_config, time_pair, write_results
 from jax import lax
 
 from digitjax import train
@@ -50,21 +48,6 @@ def direct_layers(model: str, batch: int) -> list[tuple]:
     finally:
         conv._direct_conv = original
     return seen
-
-
-def time_pair(fns, args, rounds: int = 7, calls: int = 10) -> list[float]:
-    """Median ms per call of each function, timed in alternating rounds."""
-    for f in fns:
-        f(*args).block_until_ready()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for f, t in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            for _ in range(calls):
-                out = f(*args)
-            out.block_until_ready()
-            t.append((time.perf_counter() - start) / calls * 1e3)
-    return [statistics.median(t) for t in times]
 
 
 def forward_forms(pads) -> tuple:

@@ -52,10 +52,9 @@ def main() -> None:
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), np.uint8))
     y = jnp.zeros((128,), jnp.int32)
-    step = loop.make_train_fn(config, None)
-    if a.inference:  # the state passes through, so the loop below stays one shape
-        forward = jax.jit(lambda s, im, _: (s, train.apply_model(s, im.astype("float32") / 255)))
-        step = forward
+    step = (jax.jit(lambda s, im, _: (s, train.apply_model(s, im.astype("float32") / 255)))
+            if a.inference  # the state passes through, so the loop below stays one shape
+            else loop.make_train_fn(config, None))
     for _ in range(5):
         state, m = step(state, x, y)
     jax.block_until_ready(m)

@@ -63,8 +63,8 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    TAPS_MAX_TAPS taps go to the `direct` kernel instead where it takes them: a
    128x28x28x1 layer with its BN-like epilogue, taps / direct / lax (AVX2, Zen 3;
    `python experiments/first_layer.py`, experiments/results/first_layer_zen3.md):
-   7x7x16 3.43 / 1.57 / 5.22 ms, 5x5x12 1.89 / 1.32 / 5.00, 3x3x12 0.95 / 1.21 / 3.89,
-   3x3x32 0.84 / 1.43 / 3.52.
+   7x7x16 3.34 / 1.32 / 5.61 ms, 5x5x12 1.94 / 1.50 / 5.65, 3x3x12 0.83 / 1.45 / 4.55,
+   3x3x32 0.87 / 2.87 / 5.97.
 
 5. `weight_grad`: the weight gradient of every float32 convolution above, and of the
    stride-1 padded ones the others leave to lax (`_kernel_grad_conv`), as one direct
