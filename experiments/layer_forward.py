@@ -1,5 +1,6 @@
 """The `direct` kernel's forward pass against lax's, layer by layer, for every
-convolution a model hands the kernel (models/conv.py's `_direct_conv`): the measurement
+convolution a model hands the kernel (models/conv.py's `_direct_conv`, and the strided
+layers' forward passes in `_strided_conv`): the measurement
 behind direct_conv.cc's block size on AVX2 (`kBlockVectors`). With `--pass weight_grad`,
 the same layers' weight gradients: the `weight_grad` kernel against lax's (the
 measurement behind weight_grad.cc's AVX2 blocks and image groups).
@@ -28,43 +29,43 @@ from digitjax.models import conv, direct_conv, weight_grad
 
 
 def direct_layers(model: str, batch: int) -> list[tuple]:
-    """(input shape without the batch, kernel shape, pads) of each distinct convolution
-    `model` hands the direct kernel at inference, in order."""
+    """(input shape without the batch, kernel shape, pads, stride) of each distinct
+    convolution `model` hands the direct kernel at inference, in order."""
     seen: list[tuple] = []
-    original = conv._direct_conv
+    original = direct_conv.conv
 
-    def record(x, w, pads):
-        if (x.shape[1:], w.shape, pads) not in seen:
-            seen.append((x.shape[1:], w.shape, pads))
-        return original(x, w, pads)
+    def record(x, w, pads, stride=1):
+        if (x.shape[1:], w.shape, pads, stride) not in seen:
+            seen.append((x.shape[1:], w.shape, pads, stride))
+        return original(x, w, pads, stride)
 
     config = step_config(model, batch)
     state = train.create_train_state(config, jax.random.key(0), (28, 28, 1), 10, 100)
-    conv._direct_conv = record
+    direct_conv.conv = record
     try:
         jax.eval_shape(lambda s, x: s.apply_fn({"params": s.params,
                                                 "batch_stats": s.batch_stats}, x),
                        state, jnp.zeros((batch, 28, 28, 1)))
     finally:
-        conv._direct_conv = original
+        direct_conv.conv = original
     return seen
 
 
-def forward_forms(pads) -> tuple:
-    """The kernel's and lax's convolution, each of (x, w)."""
-    return (jax.jit(lambda x, w: direct_conv.conv(x, w, pads)),
-            jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads,
+def forward_forms(pads, s: int) -> tuple:
+    """The kernel's and lax's convolution at stride s, each of (x, w)."""
+    return (jax.jit(lambda x, w: direct_conv.conv(x, w, pads, s)),
+            jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (s, s), pads,
                                                           dimension_numbers=conv.NHWC)))
 
 
-def weight_grad_forms(kernel: tuple, pads) -> tuple:
+def weight_grad_forms(kernel: tuple, pads, s: int) -> tuple:
     """The kernel's and lax's weight gradient, each of (x, output gradient g)."""
     def by_lax(x, g):
         w = jnp.zeros(kernel, jnp.float32)
         _, pull = jax.vjp(lambda w: lax.conv_general_dilated(
-            x, w, (1, 1), pads, dimension_numbers=conv.NHWC), w)
+            x, w, (s, s), pads, dimension_numbers=conv.NHWC), w)
         return pull(g)[0]
-    return (jax.jit(lambda x, g: weight_grad.conv_weight_grad(x, g, kernel[:2], 1, pads)),
+    return (jax.jit(lambda x, g: weight_grad.conv_weight_grad(x, g, kernel[:2], s, pads)),
             jax.jit(by_lax))
 
 
@@ -79,22 +80,23 @@ def main() -> None:
     a = ap.parse_args()
     if weight_grad.lanes() is None or len(jax.devices()) != 1:
         raise SystemExit("needs the C++ kernels and one XLA device (DIGITJAX_CPU_DEVICES=1)")
-    rows = ["| model | input | kernel | pads | kernel ms | lax ms | lax / kernel |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | input | kernel | pads | stride | kernel ms | lax ms | lax / kernel |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     rng = np.random.default_rng(0)
     for model in a.models.split(","):
-        for shape, kernel, pads in direct_layers(model, a.batch):
+        for shape, kernel, pads, s in direct_layers(model, a.batch):
             x = jnp.asarray(rng.standard_normal((a.batch, *shape), np.float32))
             w = jnp.asarray(rng.standard_normal(kernel, np.float32))
             if a.pass_ == "forward":
-                fns, second = forward_forms(pads), w
+                fns, second = forward_forms(pads, s), w
             else:  # the weight gradient takes the output gradient in place of w
-                fns = weight_grad_forms(kernel, pads)
-                y = jax.eval_shape(forward_forms(pads)[1], x, w)
+                fns = weight_grad_forms(kernel, pads, s)
+                y = jax.eval_shape(forward_forms(pads, s)[1], x, w)
                 second = jnp.asarray(rng.standard_normal(y.shape, np.float32))
             k_ms, l_ms = time_pair(fns, (x, second))
             rows.append(f"| {model} | {'x'.join(map(str, shape))} | "
-                        f"{'x'.join(map(str, kernel))} | {pads} | {k_ms:.2f} | {l_ms:.2f} | "
+                        f"{'x'.join(map(str, kernel))} | {pads} | {s} | {k_ms:.2f} | "
+                        f"{l_ms:.2f} | "
                         f"{l_ms / k_ms:.2f} |")
             print(rows[-1], flush=True)
     note = (f"\nCPU: {cpu_name()}, kernel vector width "

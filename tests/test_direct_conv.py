@@ -1,7 +1,8 @@
 """The `direct` CPU trick (models/direct_conv.py, direct_conv.cc): stride-1 convolutions
-and their input gradients as one direct kernel that skips the taps in the padding. Its
-outputs equal lax's to rounding and are the same from run to run; models use it on one
-XLA device, for the convolutions `taps` and `pointwise` leave."""
+and their input gradients, and strided convolutions' forward passes, as one direct
+kernel that skips the taps in the padding. Its outputs equal lax's to rounding and are
+the same from run to run; models use it on one XLA device, for the convolutions `taps`
+and `pointwise` leave."""
 
 from __future__ import annotations
 
@@ -47,6 +48,28 @@ def test_kernel_equals_lax_forward_and_input_gradient(batch, size, channels, fea
         np.testing.assert_allclose(fast, slow, rtol=1e-4,
                                    atol=1e-5 * float(jnp.abs(slow).max()))
     assert np.array_equal(forward(x, w), forward(x, w))  # each output is one work item's
+
+
+@pytest.mark.parametrize("batch,size,channels,features,kernel,stride,padding", [
+    (7, 24, 32, 32, 5, 2, "SAME"),     # strided_cnn's first strided layer (pads 1, 2)
+    (13, 8, 64, 64, 5, 2, "SAME"),     # its second; 13 images: tiles of 6, 6 and 1 (AVX2)
+    (3, 28, 1, 36, 5, 2, "SAME"),      # one channel; 36 features: a tail vector
+    (2, 11, 6, 16, 3, 2, "VALID"),     # an odd image: the last column never read
+    (4, (13, 10), 5, 24, (3, 4), 3, ((2, 0), (1, 2))),  # stride 3, uneven everything
+])
+def test_kernel_equals_lax_at_strides(batch, size, channels, features, kernel, stride,
+                                      padding):
+    """The forward pass at stride > 1 (the strided layers' forward pass in models/conv.py);
+    their input gradients go through space to depth (test_models.py; on one device
+    the test below)."""
+    x, w, _ = conv_operands(batch, size, channels, features, kernel)
+    h, w_, kh, kw = *x.shape[1:3], *w.shape[:2]
+    pads = (lax.padtype_to_pads((h, w_), (kh, kw), (stride, stride), padding)
+            if isinstance(padding, str) else padding)
+    slow = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=DIMS)
+    fast = jax.jit(lambda x, w: direct_conv.conv(x, w, pads, stride))(x, w)
+    assert fast.shape == slow.shape
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5 * float(jnp.abs(slow).max()))
 
 
 def test_an_images_output_does_not_depend_on_its_place_in_the_batch():
@@ -103,6 +126,18 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
             x, w, (1, 1), padding, dimension_numbers=dims)), (0, 1))(x, w)
         assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
                                                                            atol=1e-3), tricks
+x, w = jax.random.normal(jax.random.key(0), (4, 12, 12, 8)), jnp.ones((5, 5, 8, 16))
+for tricks, uses in (("1", True), ("space_to_depth,weight_grad", False)):  # a strided conv
+    os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
+    forward = jax.jit(lambda x: cpu_conv(x, w, (2, 2), "SAME", dimension_numbers=dims))
+    assert ("digitjax_direct_conv" in forward.lower(x).as_text()) == uses, tricks
+    assert np.allclose(forward(x), lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                            dimension_numbers=dims), atol=1e-4)
+    strided = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (2, 2), "SAME",
+                                                             dimension_numbers=dims)))
+    for fast, slow in zip(jax.grad(strided(cpu_conv), (0, 1))(x, w),
+                          jax.grad(strided(lax.conv_general_dilated), (0, 1))(x, w)):
+        assert np.allclose(fast, slow, rtol=1e-4, atol=1e-3), tricks
 os.environ["DIGITJAX_CPU_CONV_TRICKS"] = "1"
 for k, route in ((5, "_direct_conv"), (3, "tap_sum_conv")):  # a first layer: one channel
     x, w = jnp.ones((2, 12, 12, 1)), jnp.ones((k, k, 1, 16))
@@ -115,9 +150,10 @@ print("ok")
 
 def test_on_one_device_stride_1_convolutions_take_the_kernel_both_ways():
     """Forward pass and input gradient (two custom calls in the gradient's program) on
-    one XLA device with the trick on; none with it off; a one-channel input's 5x5
-    kernel takes it too, a 3x3 one `taps`. This pytest process has digitjax's 2-device
-    split, where lax's convolutions run."""
+    one XLA device with the trick on; none with it off; a strided convolution's forward
+    pass too, with its gradients equal to lax's; a one-channel input's 5x5 kernel takes
+    it too, a 3x3 one `taps`. This pytest process has digitjax's 2-device split, where
+    lax's convolutions run."""
     env = {**os.environ, "DIGITJAX_CPU_DEVICES": "1", "XLA_FLAGS": ""}
     done = subprocess.run([sys.executable, "-c", ONE_DEVICE], env=env, capture_output=True,
                           text=True, check=False)

@@ -179,6 +179,10 @@ def _s2d_conv(lhs: jax.Array, rhs: jax.Array, s: int, padding, precision=None) -
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _strided_conv(x: jax.Array, w: jax.Array, s: int, pads) -> jax.Array:
+    """The forward pass: the `direct` kernel at stride s where it takes the call (see the
+    top, trick 6), else lax's."""
+    if tricks_on("direct") and direct_conv.takes(x, w, pads):
+        return direct_conv.conv(x, w, pads, s)
     return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=NHWC)
 
 

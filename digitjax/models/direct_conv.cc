@@ -1,7 +1,7 @@
-// A float32 NHWC/HWIO stride-1 convolution with implicit zero padding, as one direct
+// A float32 NHWC/HWIO convolution with stride s and implicit zero padding, as one direct
 // kernel, an XLA FFI custom call for the CPU (digitjax/models/direct_conv.py):
 //
-//   out[n, y, x, f] = sum over i, j, c of  in[n, y + i - ph, x + j - pw, c] * w[i, j, c, f]
+//   out[n, y, x, f] = sum over i, j, c of  in[n, s*y + i - ph, s*x + j - pw, c] * w[i, j, c, f]
 //
 // where taps that fall outside `in` are skipped, not multiplied by zeros. That is what
 // a VALID convolution's input gradient needs: it is this convolution of the output
@@ -36,23 +36,26 @@ struct Dims {
   int64_t wf;
   int64_t kh, kw;       // kernel
   int64_t ph, pw;       // low padding (the high padding follows from oh, ow)
+  int64_t s;            // stride, both axes
 };
 
 // out[n0:n0+P, y, x, f0:f0+FV*kLanes] from the tile's packed input
-// (packed[((row * w + col) * c + ch) * P + p] = in[n0 + p, row, col, ch]).
+// (packed[((row * w + col) * c + ch) * P + p] = in[n0 + p, row, col, ch]). With a stride,
+// only where a pixel's window starts moves: a kernel row's taps still lie side by side.
 template <int P, int FV>
 void Pixel(const float* packed, const float* wt, float* out, const Dims& d, int64_t y,
            int64_t x, int64_t f0) {
   Vec acc[P][FV];
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < FV; ++v) acc[p][v] = Vec{};
-  const int64_t i0 = std::max<int64_t>(0, d.ph - y), i1 = std::min(d.kh, d.h + d.ph - y);
-  const int64_t j0 = std::max<int64_t>(0, d.pw - x), j1 = std::min(d.kw, d.w + d.pw - x);
+  const int64_t sy = y * d.s - d.ph, sx = x * d.s - d.pw;  // the window's top left in `in`
+  const int64_t i0 = std::max<int64_t>(0, -sy), i1 = std::min(d.kh, d.h - sy);
+  const int64_t j0 = std::max<int64_t>(0, -sx), j1 = std::min(d.kw, d.w - sx);
   // Taps j0..j1 of a kernel row and all channels lie side by side in both the packed
   // input and the weights: one flat loop of (j1 - j0) * c steps per kernel row.
   const int64_t count = std::max<int64_t>(0, j1 - j0) * d.c;
   for (int64_t i = i0; i < i1; ++i) {
-    const float* src = packed + ((y + i - d.ph) * d.w + x + j0 - d.pw) * d.c * P;
+    const float* src = packed + ((sy + i) * d.w + sx + j0) * d.c * P;
     const float* wij = wt + (i * d.kw + j0) * d.c * d.wf + f0;
     for (int64_t e = 0; e < count; ++e) {
       Vec wv[FV];
@@ -139,17 +142,19 @@ void Pack(const float* in, float* packed, const Dims& d, int64_t n0, int64_t p) 
 }
 
 ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                      int64_t pad_h, int64_t pad_w, ffi::ResultBuffer<ffi::F32> out,
+                      int64_t pad_h, int64_t pad_w, int64_t stride,
+                      ffi::ResultBuffer<ffi::F32> out,
                       ffi::ResultBuffer<ffi::F32> scratch) {
   const auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || od.size() != 4 || xd[0] != od[0] ||
       wd[2] != xd[3] || wd[3] % kLanes != 0 || od[3] > wd[3] || od[3] <= wd[3] - kLanes ||
-      pad_h < 0 || pad_w < 0 ||
+      pad_h < 0 || pad_w < 0 || stride < 1 ||
       od[1] < 1 || od[2] < 1 || scratch->element_count() != x.element_count()) {
     return ffi::Error::InvalidArgument("direct conv: shapes do not match");
   }
   if (out->element_count() == 0) return ffi::Error::Success();  // nothing to compute
-  const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[3], wd[0], wd[1], pad_h, pad_w};
+  const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3],
+               wd[3], wd[0], wd[1], pad_h, pad_w, stride};
   const int64_t vecs = d.wf / kLanes;
   const int fv = static_cast<int>(std::min<int64_t>(kBlockVectors, vecs));
   const int tile = std::min(kMaxTile, kAccumulators / fv);
@@ -185,5 +190,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxDirectConv, digitjax::DirectConv,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pad_h")
                                   .Attr<int64_t>("pad_w")
+                                  .Attr<int64_t>("stride")
                                   .Ret<ffi::Buffer<ffi::F32>>()    // out
                                   .Ret<ffi::Buffer<ffi::F32>>());  // scratch, as large as x

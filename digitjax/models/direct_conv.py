@@ -1,5 +1,5 @@
-"""The `direct` CPU trick's kernel: a stride-1 NHWC/HWIO convolution with implicit zero
-padding as one direct C++ kernel (direct_conv.cc, an XLA FFI custom call, built and
+"""The `direct` CPU trick's kernel: an NHWC/HWIO convolution (any stride) with implicit
+zero padding as one direct C++ kernel (direct_conv.cc, an XLA FFI custom call, built and
 registered with weight_grad.cc's kernel by models/weight_grad.py). Taps that fall in
 the padding are skipped rather than multiplied, which is what a convolution's input
 gradient (a convolution of the output gradient padded by k - 1) needs. models/conv.py
@@ -16,32 +16,33 @@ from digitjax.models import weight_grad
 
 
 def takes(x: jax.Array, w: jax.Array, pads) -> bool:
-    """Whether the kernel computes this stride-1 convolution here: float32, one XLA
-    device with the kernels built (`weight_grad.usable`), each low padding at most the
-    kernel size - 1 (so that the input gradient's is not negative), no negative high
-    padding, and an output of at least one pixel."""
+    """Whether the kernel computes this convolution here: float32, one XLA device with
+    the kernels built (`weight_grad.usable`), each low padding at most the kernel size -
+    1 (so that a stride-1 input gradient's is not negative), no negative high padding,
+    and an output of at least one pixel (at any stride)."""
     sizes = zip(pads, w.shape[:2], x.shape[1:3], strict=True)
     return (all(a.dtype == jnp.float32 for a in (x, w))
             and all(0 <= lo < k and hi >= 0 and n + lo + hi >= k for (lo, hi), k, n in sizes)
             and weight_grad.usable())
 
 
-def conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
-    """The stride-1 convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high)
-    pairs for H and W. Output features that are not a whole number of vectors (8, or 16
-    with AVX-512) are computed with zero weights added, whose outputs the kernel does
-    not write."""
+def conv(x: jax.Array, w: jax.Array, pads, stride: int = 1) -> jax.Array:
+    """The convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high) pairs for H
+    and W, `stride` on both axes. Output features that are not a whole number of vectors
+    (8, or 16 with AVX-512) are computed with zero weights added, whose outputs the
+    kernel does not write."""
     if weight_grad.lanes() is None:
         raise RuntimeError("the direct convolution kernel is not available")
     kh, kw, _, f = w.shape
-    out_h = x.shape[1] + sum(pads[0]) - kh + 1
-    out_w = x.shape[2] + sum(pads[1]) - kw + 1
+    out_h = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
+    out_w = (x.shape[2] + sum(pads[1]) - kw) // stride + 1
     w = weight_grad.pad_to_vectors(w)
     out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
         weight_grad.DIRECT_TARGET,
         (jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, f), jnp.float32),
          jax.ShapeDtypeStruct(x.shape, jnp.float32)),
-        vmap_method="sequential")(x, w, pad_h=np.int64(pads[0][0]), pad_w=np.int64(pads[1][0]))
+        vmap_method="sequential")(x, w, pad_h=np.int64(pads[0][0]), pad_w=np.int64(pads[1][0]),
+                               stride=np.int64(stride))
     return out
 
 
