@@ -17,7 +17,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    --model strided_cnn`). Only the input gradient takes that form: lax's own strided
    forward pass and weight gradient are faster than the rearranged ones (24x24x32 ->
    12x12x32, 5x5/2, batch 128: 10 vs 19 ms and 16 vs 23 ms), which made the step
-   another 1.09x faster (experiments/results/strided_hybrid_strided_cnn.md).
+   another 1.09x faster (experiments/results/strided_hybrid_strided_cnn.md). On one
+   device the forward pass is the `direct` kernel's at stride s (trick 6) and the
+   weight gradient the `weight_grad` kernel's (trick 5).
 
 2. `row_split`: the input gradient of a stride-1 convolution without the "full"
    convolution's zero padding (`padded_valid_conv`). lax writes that gradient as a
@@ -96,7 +98,14 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    space_to_depth,row_split,pool,pointwise,taps,weight_grad,bn_relu --b 1 --rounds 5`,
    experiments/results/paired_direct_*.md), training / inference: kernel_cnn:7
    1.30x / 1.08x, kernel_cnn:5 1.06 / 1.10, kernel_cnn:3 1.04 / 1.09, cnn 1.10 / 1.09,
-   strided_cnn 1.05 / 0.94, inception_cnn 1.10 / 1.24.
+   strided_cnn 1.05 / 0.94, inception_cnn 1.10 / 1.24. The kernel also takes a stride:
+   strided layers' forward passes run on it (the window of an output pixel starts s
+   pixels on; a kernel row's taps still lie side by side), where lax's took 1.44x and
+   1.63x its time on strided_cnn's two (5x5/2 over 24x24x32 and 8x8x64, AVX2, Zen 3:
+   `DIGITJAX_CPU_DEVICES=1 python experiments/layer_forward.py --models strided_cnn`,
+   experiments/results/layer_forward_zen3_strided.md); the strided_cnn step 1.10x,
+   its inference 1.12x (paired in one process, 9 rounds, against lax's strided forward
+   pass; experiments/README.md, session 22).
 
 `pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
 one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.
