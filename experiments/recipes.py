@@ -61,46 +61,51 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     if unknown:
         sys.exit(f"--members: unknown {unknown}; expected names from {', '.join(MEMBERS)}")
     epochs = [f"--config.num_epochs={a.epochs}"] if a.epochs else []
-    # a member's runs go to runs/<run name>, which also names it in the ensemble's tables:
-    # the name alone for seed 0 without bagging (as before), else with _seed<S>/_bag<b>
-    variant = (f"_seed{a.seed}" if a.seed else "") + (f"_bag{a.bag:g}" if a.bag < 1 else "")
+    seeds = [int(x) for x in a.seeds.split(",")]
+    # each (member, seed) is one member of the ensemble; its runs go to runs/<run name>,
+    # which also names it in the tables: the name alone for seed 0 without bagging (as
+    # before seeds and fold bags), else with _seed<S> and _bag<b>
+    bag = f"_bag{a.bag:g}" if a.bag < 1 else ""
+    members = {f"{name}{f'_seed{seed}' if seed else ''}{bag}": (name, seed)
+               for seed in seeds for name in names}
     walls = {}
-    for name in names:
-        walls[name] = train_folds(MEMBERS[name], runs / (name + variant), a.folds, *epochs,
-                                  f"--config.seed={a.seed}", f"--config.bag_fraction={a.bag}")
-        for seed in range(a.seed, a.seed + a.full):
-            walls[name] += run_main(
-                "--config", MEMBERS[name], f"--workdir={runs / (name + variant) / f'full{seed}'}",
+    for run, (name, seed) in members.items():
+        walls[run] = train_folds(MEMBERS[name], runs / run, a.folds, *epochs,
+                                 f"--config.seed={seed}", f"--config.bag_fraction={a.bag}")
+        for full in range(seed, seed + a.full):  # --full runs: seeds S..S+N-1
+            walls[run] += run_main(
+                "--config", MEMBERS[name], f"--workdir={runs / run / f'full{full}'}",
                 f"--config.data_dir={DIGITS}", "--config.val_fraction=0",
-                f"--config.bag_fraction={a.bag}", f"--config.seed={seed}",
+                f"--config.bag_fraction={a.bag}", f"--config.seed={full}",
                 "--config.plots=false", *epochs)
     out = runs / "ensemble"
     subprocess.run([sys.executable, "-m", "digitjax.ensemble",
-                    f"--members={','.join(str(runs / (n + variant)) for n in names)}",
+                    f"--members={','.join(str(runs / run) for run in members)}",
                     f"--output_dir={out}", f"--archive_dir={out / 'members'}"],
                    cwd=REPO, check=True)
     report = json.loads((out / "summary.json").read_text())
-    epochs_run = {name: summary(runs / (name + variant) / "fold0")["epochs"] for name in names}
+    epochs_run = {run: summary(runs / run / "fold0")["epochs"] for run in members}
     # each member's out-of-fold and test probabilities outlive runs/: kept in git (see
     # the top), where `python -m digitjax.ensemble --members=<a>.npz,<b>.npz` ensembles
     # them with members trained another time
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[name]}ep_{a.folds}folds{variant}"
+    for run, (name, seed) in members.items():
+        kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[run]}ep_{a.folds}folds"
+                                 f"{f'_seed{seed}' if seed else ''}{bag}"
                                  f"{f'_full{a.full}' if a.full else ''}.npz")
         if kept.exists():
             print(f"replacing {kept.relative_to(REPO)} (git has the earlier one)")
-        shutil.copyfile(out / "members" / f"{name + variant}.npz", kept)
-        print(f"kept {name}'s predictions: {kept.relative_to(REPO)}")
+        shutil.copyfile(out / "members" / f"{run}.npz", kept)
+        print(f"kept {run}'s predictions: {kept.relative_to(REPO)}")
     rows = []
     for r in report["results"]:
-        name = r["name"].removesuffix(variant) if variant else r["name"]
-        member = name in walls
-        rows.append({"run": r["name"], "config": MEMBERS.get(name, a.members),
-                     "epochs": epochs_run.get(name, "-"), "oof_accuracy": r["oof_accuracy"],
+        member = r["name"] in walls
+        rows.append({"run": r["name"],
+                     "config": MEMBERS[members[r["name"]][0]] if member else a.members,
+                     "epochs": epochs_run.get(r["name"], "-"), "oof_accuracy": r["oof_accuracy"],
                      "interval_95": f"[{r['low']:.4f}, {r['high']:.4f}]",
                      "test_from": r.get("test_from", "weighted members"),
-                     "wall_seconds": walls[name] if member else sum(walls.values())})
+                     "wall_seconds": walls[r["name"]] if member else sum(walls.values())})
     curves = [r for r in report["results"] if r.get("oof_by_epoch")]
     epochs_table = "".join(
         f"| {r['name']} | " + " | ".join(f"{a:.4f}" for a in r["oof_by_epoch"]) + " |\n"
@@ -110,15 +115,14 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
         epochs_table = ("\nOut-of-fold accuracy after each epoch (fold metrics summed):\n\n"
                         "| member | " + " | ".join(str(e) for e in range(1, width + 1))
                         + " |\n|" + " --- |" * (width + 1) + "\n" + epochs_table)
-    weights = ", ".join(f"{n}{variant} {w:.3f}"
-                        for n, w in zip(names, report["weights"], strict=True))
+    weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(members, report["weights"], strict=True))
     table = (markdown_table(rows, OOF_COLUMNS) + f"\nOut-of-fold over {report['oof_rows']:,} "
              f"training rows ({a.folds} folds). Weights fitted on them: {weights}. "
              f"Submission: {out / 'submission.csv'}\n" + epochs_table)
     write_results(a.out, "Recipe: ensemble (out-of-fold)", table,
                   f"python experiments/recipes.py ensemble --members {a.members} "
                   f"--folds {a.folds} --epochs {a.epochs} --full {a.full} --bag {a.bag} "
-                  f"--seed {a.seed} --out {a.out}")
+                  f"--seeds {a.seeds} --out {a.out}")
 
 
 def main() -> None:
@@ -145,11 +149,11 @@ def main() -> None:
                     help="ensemble: every run (fold and --full) trains on this random share "
                          "of its rows, a different one per seed (bagging; Deotte's members: "
                          "0.9)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="ensemble: the seed of the fold runs (init, augmentation, order, bag); "
-                         "--full runs take seeds S..S+N-1. Members trained again with another "
-                         "seed and a bag are new members: their out-of-fold rows are still "
-                         "predicted only by models that never saw them")
+    ap.add_argument("--seeds", default="0",
+                    help="ensemble: seeds separated by commas; each member is trained with "
+                         "each (init, augmentation, order and bag), each a member of its own "
+                         "(<name>_seed<S>); every row is still predicted only by models that "
+                         "never saw it. --full runs take seeds S..S+N-1")
     ap.add_argument("--out", default="ensemble",
                     help="ensemble: the table goes to experiments/results/<out>.md")
     a = ap.parse_args()
