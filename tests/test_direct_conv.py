@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from digitjax.models import direct_conv, weight_grad
+from digitjax.models import conv, direct_conv, weight_grad
 from tests.test_weight_grad import conv_operands
 
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -68,6 +68,29 @@ def test_kernel_equals_lax_at_strides(batch, size, channels, features, kernel, s
             if isinstance(padding, str) else padding)
     slow = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=DIMS)
     fast = jax.jit(lambda x, w: direct_conv.conv(x, w, pads, stride))(x, w)
+    assert fast.shape == slow.shape
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5 * float(jnp.abs(slow).max()))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((3, 24, 24, 32), (5, 5, 32, 32), 2, "SAME"),    # strided_cnn's strided layers
+    ((3, 8, 8, 64), (5, 5, 64, 64), 2, "SAME"),
+    ((2, 11, 9, 6), (3, 3, 6, 16), 2, "VALID"),      # odd sizes: an input column unread
+    ((2, 13, 10, 5), (3, 4, 5, 24), 3, ((2, 0), (1, 2))),  # stride 3, uneven everything
+    ((2, 9, 9, 4), (1, 1, 4, 8), 2, "VALID"),        # phases without a tap: zeros
+    ((2, 7, 7, 8), (2, 2, 8, 8), 3, ((1, 1), (0, 1))),
+])
+def test_strided_input_gradient_by_phases_equals_lax(shape, kernel, stride, padding):
+    """models/conv.py's `_phase_input_grad`: a strided convolution's input gradient as
+    stride * stride stride-1 convolutions on the kernel, interleaved."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    pads = conv._explicit_pads(x, w, (stride, stride), padding)
+    y, pull = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, w, (stride, stride), pads, dimension_numbers=DIMS), x)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    slow = pull(g)[0]
+    fast = jax.jit(lambda g, w: conv._phase_input_grad(g, w, stride, pads, shape))(g, w)
     assert fast.shape == slow.shape
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5 * float(jnp.abs(slow).max()))
 
@@ -138,6 +161,10 @@ for tricks, uses in (("1", True), ("space_to_depth,weight_grad", False)):  # a s
     for fast, slow in zip(jax.grad(strided(cpu_conv), (0, 1))(x, w),
                           jax.grad(strided(lax.conv_general_dilated), (0, 1))(x, w)):
         assert np.allclose(fast, slow, rtol=1e-4, atol=1e-3), tricks
+    # the forward pass (sin's derivative needs it), and the input gradient as one
+    # stride-1 convolution per phase, 2 x 2 of them
+    hlo = jax.jit(jax.grad(strided(cpu_conv))).lower(x, w).as_text()
+    assert hlo.count("digitjax_direct_conv") == (5 if uses else 0), tricks
 os.environ["DIGITJAX_CPU_CONV_TRICKS"] = "1"
 for k, route in ((5, "_direct_conv"), (3, "tap_sum_conv")):  # a first layer: one channel
     x, w = jnp.ones((2, 12, 12, 1)), jnp.ones((k, k, 1, 16))

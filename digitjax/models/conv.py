@@ -18,8 +18,13 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    forward pass and weight gradient are faster than the rearranged ones (24x24x32 ->
    12x12x32, 5x5/2, batch 128: 10 vs 19 ms and 16 vs 23 ms), which made the step
    another 1.09x faster (experiments/results/strided_hybrid_strided_cnn.md). On one
-   device the forward pass is the `direct` kernel's at stride s (trick 6) and the
-   weight gradient the `weight_grad` kernel's (trick 5).
+   device the forward pass is the `direct` kernel's at stride s (trick 6), the weight
+   gradient the `weight_grad` kernel's (trick 5), and the input gradient s*s stride-1
+   convolutions on the `direct` kernel, one per phase of the input pixels
+   (`_phase_input_grad`), which multiply no zero taps: 1.42x and 1.65x the
+   space-to-depth form's speed on strided_cnn's two strided layers (10.20 -> 7.17 and
+   4.68 -> 2.84 ms, batch 128, Zen 3; a one-off paired timing), the same bits; the
+   step 1.05x (paired, 11 rounds; experiments/README.md, session 22).
 
 2. `row_split`: the input gradient of a stride-1 convolution without the "full"
    convolution's zero padding (`padded_valid_conv`). lax writes that gradient as a
@@ -201,8 +206,42 @@ def _strided_conv_fwd(x: jax.Array, w: jax.Array, s: int, pads):
 
 def _strided_conv_bwd(s: int, pads, res, g: jax.Array):
     x, w = res
-    _, input_vjp = jax.vjp(lambda x: _s2d_conv(x, w, s, pads), x)
-    return input_vjp(g)[0], _weight_grad(x, w, g, (s, s), pads)
+    # every phase's convolution is one the kernel takes (padding below: its size - 1)
+    # when a 1x1 one over g is: float32, one device
+    if tricks_on("direct") and direct_conv.takes(g, w[:1, :1], ((0, 0), (0, 0))):
+        dx = _phase_input_grad(g, w, s, pads, x.shape)
+    else:
+        _, input_vjp = jax.vjp(lambda x: _s2d_conv(x, w, s, pads), x)
+        dx = input_vjp(g)[0]
+    return dx, _weight_grad(x, w, g, (s, s), pads)
+
+
+def _phase_input_grad(g: jax.Array, w: jax.Array, s: int, pads, x_shape) -> jax.Array:
+    """The input gradient of a stride-s convolution as s*s stride-1 ones on the `direct`
+    kernel, one per phase of the input pixels: padded input row R = s*m + a (a < s) gets
+    sum over t of g[m - t] * w[a + s*t] (likewise along W), a stride-1 convolution of g
+    with the sub-kernel w[a::s] flipped, padded by its size - 1 below. The s*s outputs
+    interleave into the padded input, which is cropped. No tap is a zero: through space
+    to depth the kernel is zero-padded to a multiple of s (5x5/2: 36 taps for 25) and the
+    gradient covers the rearranged input's blocks."""
+    n, gh, gw, f = g.shape
+    _, h, wd, c = x_shape
+    rows, cols = -(-(pads[0][0] + h) // s), -(-(pads[1][0] + wd) // s)  # m per phase
+    g = g[:, :rows, :cols]  # rows of g past those reach no input pixel
+    phases = []
+    for a in range(s):
+        for b in range(s):
+            sub = w[a::s, b::s]
+            if sub.shape[0] == 0 or sub.shape[1] == 0:  # no tap has this phase
+                phases.append(jnp.zeros((n, rows, cols, c), g.dtype))
+                continue
+            th, tw = sub.shape[:2]
+            flipped = jnp.flip(sub, (0, 1)).transpose(0, 1, 3, 2)
+            phases.append(direct_conv.conv(
+                g, flipped, ((th - 1, rows - g.shape[1]), (tw - 1, cols - g.shape[2]))))
+    grid = jnp.stack(phases).reshape(s, s, n, rows, cols, c).transpose(2, 3, 0, 4, 1, 5)
+    grid = grid.reshape(n, rows * s, cols * s, c)
+    return grid[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd]
 
 
 def _weight_grad(x: jax.Array, w: jax.Array, g: jax.Array, strides, pads) -> jax.Array:
