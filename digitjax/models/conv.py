@@ -224,8 +224,7 @@ def _phase_input_grad(g: jax.Array, w: jax.Array, s: int, pads, x_shape) -> jax.
     interleave into the padded input, which is cropped. No tap is a zero: through space
     to depth the kernel is zero-padded to a multiple of s (5x5/2: 36 taps for 25) and the
     gradient covers the rearranged input's blocks."""
-    n, gh, gw, f = g.shape
-    _, h, wd, c = x_shape
+    n, h, wd, c = x_shape
     rows, cols = -(-(pads[0][0] + h) // s), -(-(pads[1][0] + wd) // s)  # m per phase
     g = g[:, :rows, :cols]  # rows of g past those reach no input pixel
     phases = []
