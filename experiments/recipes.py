@@ -89,9 +89,9 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     # the top), where `python -m digitjax.ensemble --members=<a>.npz,<b>.npz` ensembles
     # them with members trained another time
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
-    for run, (name, seed) in members.items():
+    for run, (name, _) in members.items():
         kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[run]}ep_{a.folds}folds"
-                                 f"{f'_seed{seed}' if seed else ''}{bag}"
+                                 f"{run.removeprefix(name)}"  # _seed<S>, _bag<b>
                                  f"{f'_full{a.full}' if a.full else ''}.npz")
         if kept.exists():
             print(f"replacing {kept.relative_to(REPO)} (git has the earlier one)")
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10,
                     help="ensemble: epochs of every run (0: each config's own)")
     ap.add_argument("--full", type=int, default=0,
-                    help="ensemble: runs per member on every row (seeds 0..N-1) whose test "
+                    help="ensemble: runs per member on every row (seeds S..S+N-1) whose test "
                          "predictions are submitted; 0 submits the fold models' mean")
     ap.add_argument("--bag", type=float, default=1.0,
                     help="ensemble: every run (fold and --full) trains on this random share "

@@ -86,8 +86,9 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    (experiments/README.md, session 15).
 
 6. `direct`: the forward pass and input gradient of a float32 stride-1 convolution
-   (`_direct_conv`; also the space-to-depth form's input gradient in trick 1) as one
-   direct kernel, an XLA FFI custom call (models/direct_conv.py, direct_conv.cc). It
+   (`_direct_conv`; also a strided convolution's, trick 1: its forward pass at stride s
+   and its input gradient by phases, `_phase_input_grad`) as one direct kernel, an XLA
+   FFI custom call (models/direct_conv.py, direct_conv.cc). It
    skips the taps that fall in the padding: the input gradient is a convolution of the
    output gradient padded by k - 1, whose padding Eigen multiplies and the row split
    above still multiplies along the width. It keeps a block of 6-12 images x up to 64
@@ -185,8 +186,6 @@ def _s2d_conv(lhs: jax.Array, rhs: jax.Array, s: int, padding, precision=None) -
     c, f = rhs.shape[2:]
     w = w.reshape(bh, s, bw, s, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c, f)
     x = _space_to_depth(x, s)
-    if precision is None and tricks_on("direct") and direct_conv.takes(x, w, ((0, 0), (0, 0))):
-        return _direct_conv(x, w, ((0, 0), (0, 0)))  # its input gradient: the kernel's
     return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC,
                                     precision=precision)
 
