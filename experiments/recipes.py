@@ -72,7 +72,9 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     for run, (name, seed) in members.items():
         walls[run] = train_folds(MEMBERS[name], runs / run, a.folds, *epochs,
                                  f"--config.seed={seed}", f"--config.bag_fraction={a.bag}")
-        for full in range(seed, seed + a.full):  # --full runs: seeds S..S+N-1
+        # --full runs: seeds S*N..S*N+N-1, so no two seeds share a run (S..S+N-1 made
+        # seed 0's full1 and seed 1's full0 the same run twice); seed 0's stay 0..N-1
+        for full in range(seed * a.full, (seed + 1) * a.full):
             walls[run] += run_main(
                 "--config", MEMBERS[name], f"--workdir={runs / run / f'full{full}'}",
                 f"--config.data_dir={DIGITS}", "--config.val_fraction=0",
@@ -143,7 +145,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10,
                     help="ensemble: epochs of every run (0: each config's own)")
     ap.add_argument("--full", type=int, default=0,
-                    help="ensemble: runs per member on every row (seeds S..S+N-1) whose test "
+                    help="ensemble: runs per member on every row (seeds S*N..S*N+N-1) whose test "
                          "predictions are submitted; 0 submits the fold models' mean")
     ap.add_argument("--bag", type=float, default=1.0,
                     help="ensemble: every run (fold and --full) trains on this random share "
@@ -153,7 +155,7 @@ def main() -> None:
                     help="ensemble: seeds separated by commas; each member is trained with "
                          "each (init, augmentation, order and bag), each a member of its own "
                          "(<name>_seed<S>); every row is still predicted only by models that "
-                         "never saw it. --full runs take seeds S..S+N-1")
+                         "never saw it. --full runs take seeds S*N..S*N+N-1")
     ap.add_argument("--out", default="ensemble",
                     help="ensemble: the table goes to experiments/results/<out>.md")
     a = ap.parse_args()
