@@ -135,7 +135,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from digitjax.errors import UserError
-from digitjax.models import direct_conv, weight_grad
+from digitjax.models import direct_conv, weight_grad, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # the layout flax's nn.Conv uses, and the only one rearranged
 
@@ -277,7 +277,9 @@ _kernel_grad_conv.defvjp(_kernel_grad_conv_fwd, _kernel_grad_conv_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _direct_conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
     """The `direct` kernel's stride-1 convolution and input gradient, the weight
-    gradient `_weight_grad`'s."""
+    gradient `_weight_grad`'s; the forward pass by `winograd` where it takes it."""
+    if tricks_on("winograd") and winograd.takes(x, w, pads):
+        return winograd.conv(x, w)
     return direct_conv.conv(x, w, pads)
 
 
@@ -313,9 +315,9 @@ def _rewritable(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
 
 
 TRICKS = ("space_to_depth", "row_split", "pool", "pointwise", "taps",
-          "weight_grad", "bn_relu", "direct")
+          "weight_grad", "bn_relu", "direct", "winograd")
 # pool: models/pool.py; weight_grad: models/weight_grad.py; bn_relu: models/norm.py;
-# direct: models/direct_conv.py
+# direct: models/direct_conv.py; winograd: models/winograd.py
 
 
 _this_thread = threading.local()  # .off: `tricks_off` is active on this thread

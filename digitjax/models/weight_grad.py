@@ -40,6 +40,7 @@ SOURCE_DIR = Path(__file__).parent
 SOURCES = tuple(SOURCE_DIR / name for name in ("weight_grad.cc", "direct_conv.cc", "kernels.h"))
 TARGET = "digitjax_conv_weight_grad"
 DIRECT_TARGET = "digitjax_direct_conv"  # models/direct_conv.py
+WINOGRAD_TARGET = "digitjax_winograd_conv"  # models/winograd.py
 MAX_CHUNKS = 8  # partial sums over the batch that weight_grad.cc adds in order
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lanes": int once registered, "error": str if it failed
@@ -111,6 +112,8 @@ def _register() -> int:
                                 platform="cpu")
     jax.ffi.register_ffi_target(DIRECT_TARGET, jax.ffi.pycapsule(library.DigitjaxDirectConv),
                                 platform="cpu")
+    jax.ffi.register_ffi_target(WINOGRAD_TARGET,
+                                jax.ffi.pycapsule(library.DigitjaxWinogradConv), platform="cpu")
     return int(library.DigitjaxWeightGradLanes())  # 16 where it was built for AVX-512
 
 
