@@ -1,5 +1,5 @@
-"""The `winograd` CPU trick (models/winograd.py, direct_conv.cc's WinogradConv): 5x5
-and 7x7 unpadded stride-1 forward passes by F(2, k) down the height. Its transforms
+"""The `winograd` CPU trick (models/winograd.py, direct_conv.cc's WinogradConv): 3x3,
+5x5 and 7x7 unpadded stride-1 forward passes by F(2, k) down the height. Its transforms
 are exact, its outputs equal lax's to rounding and do not depend on an image's place in
 the batch; models use it on one XLA device (test_direct_conv.py's one-device script)."""
 
@@ -34,6 +34,8 @@ def test_toom_cook_matrices_give_the_correlation(k):
     (6, 12, 48, 60, 5),          # kernel_cnn:5's last: 60 features, a tail vector
     (7, (14, 9), 9, 100, 5),     # 9 channels (odd), 100 features: a second block, a tail
     (1, (6, 7), 8, 8, (5, 3)),   # one image; a 5x3 kernel: only the height's size counts
+    (8, 12, 32, 64, 3),          # strided_cnn's 3x3 layers
+    (3, (10, 5), 12, 18, (3, 4)),  # kernel_cnn:3's second layer's widths, a 3x4 kernel
 ])
 def test_kernel_equals_lax(batch, size, channels, features, kernel):
     x, w, _ = conv_operands(batch, size, channels, features, kernel)
@@ -54,7 +56,7 @@ def test_an_images_output_does_not_depend_on_its_place_in_the_batch():
         assert np.array_equal(batch[i:i + 1], jax.jit(winograd.conv)(x[i:i + 1], w)), i
 
 
-def test_takes_unpadded_5x5_and_7x7_with_an_even_output_height(monkeypatch):
+def test_takes_unpadded_3x3_5x5_7x7_with_an_even_output_height(monkeypatch):
     monkeypatch.setattr(weight_grad, "usable", lambda: True)  # as on one device
     x, w7, w5 = jnp.zeros((2, 16, 16, 32)), jnp.zeros((7, 7, 32, 48)), jnp.zeros((5, 5, 32, 8))
     none = ((0, 0), (0, 0))
@@ -62,7 +64,8 @@ def test_takes_unpadded_5x5_and_7x7_with_an_even_output_height(monkeypatch):
     assert not winograd.takes(x[:, :15], w7, none)  # an odd output height
     assert not winograd.takes(x[:, :6], w7, none)  # no output
     assert not winograd.takes(x, w7, ((1, 1), (1, 1)))  # padded
-    assert not winograd.takes(x, jnp.zeros((3, 3, 32, 48)), none)  # 3x3: the direct kernel
+    assert winograd.takes(x, jnp.zeros((3, 3, 32, 48)), none)
+    assert not winograd.takes(x, jnp.zeros((4, 4, 32, 48)), none)  # untried heights
     assert not winograd.takes(x[..., :4], w7[:, :, :4], none)  # few channels (first layers)
     assert not winograd.takes(x.astype(jnp.bfloat16), w7, none)
     monkeypatch.setattr(weight_grad, "usable", lambda: False)  # 2 devices, or no compiler

@@ -329,7 +329,9 @@ ffi::Error WinogradConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     thread_local std::vector<float> rows;  // this pair's kh + 1 transformed rows
     rows.resize(a * row);
     const float* src = packed + n0 * image + 2 * q * row;
-    if (a == 6) {
+    if (a == 4) {
+      TransformRows<4>(src, row, btm, rows.data());
+    } else if (a == 6) {
       TransformRows<6>(src, row, btm, rows.data());
     } else if (a == 8) {
       TransformRows<8>(src, row, btm, rows.data());

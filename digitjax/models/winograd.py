@@ -1,17 +1,17 @@
 """The `winograd` CPU trick: the forward pass of a stride-1 unpadded convolution with a
-5x5 or 7x7 kernel by a 1-D Winograd F(2, k) down the image's height, on the direct
+3x3, 5x5 or 7x7 kernel by a 1-D Winograd F(2, k) down the image's height, on the direct
 kernel's register block (direct_conv.cc's WinogradConv, an XLA FFI custom call).
 
 Each pair of output rows comes from k + 1 input rows: out = A^T [(G w) * (B^T d)], the
 transpose of Toom-Cook's linear convolution on the points 0, +-1, +-2 (+-1/2 for k = 7)
 and infinity. The kernel multiplies k + 1 transformed rows of 1 x k taps per pair where
-the direct form multiplies 2k rows: 0.57x the multiply-adds for 7x7, 0.6x for 5x5. Both
-kernel_cnn:5 and :7 run their forward passes at this CPU's FMA peak (the direct kernel
-at 93-97% of XLA's matmul rate), as does PyTorch's oneDNN: fewer multiplies is what is
-left. Only the sums' order changes: the largest error relative to lax at "highest"
-precision was 2-3.5e-6 against the direct kernel's 1.1-1.8e-6 on kernel_cnn:5/:7's layers
-(experiments/winograd_1d.py). 3x3 kernels (0.67x the multiplies, more transform work per
-product) are left to the direct kernel. Measured in models/conv.py (trick 7).
+the direct form multiplies 2k rows: 0.57x the multiply-adds for 7x7, 0.6x for 5x5, 0.67x
+for 3x3. kernel_cnn:5 and :7 ran their forward passes at this CPU's FMA peak (the direct
+kernel at 93-97% of XLA's matmul rate), as did PyTorch's oneDNN: fewer multiplies was
+what was left. Only the sums' order changes: against lax at "highest" precision its
+largest error was 1.4-3.0e-6 of the largest output on kernel_cnn:5/:7's layers, the
+direct kernel's 0.6-2.4e-6 (a one-off check; tests/test_winograd.py bounds it at 1e-5).
+Measured in models/conv.py (trick 7).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 
 from digitjax.models import weight_grad
 
-KERNEL_SIZES = (5, 7)  # the heights it is used for
-MIN_CHANNELS = 8  # input channels at least: a first layer's 1 channel loses (below)
+KERNEL_SIZES = (3, 5, 7)  # the heights it is used for
+MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the direct kernel
 
 
 @functools.cache
@@ -47,8 +47,8 @@ def toom_cook(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def takes(x: jax.Array, w: jax.Array, pads) -> bool:
     """Whether `conv` computes this stride-1 convolution: float32 on one XLA device with
-    the kernels built, no padding, a 5x5 or 7x7 kernel, at least MIN_CHANNELS input
-    channels, and an even output height of at least 2."""
+    the kernels built, no padding, a kernel height in KERNEL_SIZES, at least MIN_CHANNELS
+    input channels, and an even output height of at least 2."""
     kh, kw, c, _ = w.shape
     out_h = x.shape[1] - kh + 1
     return (all(a.dtype == jnp.float32 for a in (x, w)) and not any(map(any, pads))
