@@ -1,7 +1,8 @@
 """Tried for issue 17 (kernel_cnn:5/:7 inference at parity with PyTorch, both near this
-CPU's FMA peak): fewer multiplies by a 1-D Winograd F(2, k) along the width, built from
-XLA ops around the existing direct kernel. Dropped: slower on every layer (see
-experiments/results/winograd_1d_zen3.md and experiments/README.md).
+CPU's FMA peak): fewer multiplies by a 1-D Winograd F(2, k), built from XLA ops around
+the existing direct kernel. Dropped for the same F(2, k) inside the kernel
+(models/winograd.py): here the k + 1 kernel calls alone took 0.8-0.9x the direct
+kernel's time (experiments/results/winograd_1d*_zen3.md, experiments/README.md).
 
     DIGITJAX_CPU_DEVICES=1 python experiments/winograd_1d.py [--models kernel_cnn:5,kernel_cnn:7] \
         [--out winograd_1d]
@@ -29,22 +30,9 @@ from jax import lax
 from layer_forward import direct_layers
 
 from digitjax.models import conv, direct_conv, weight_grad
+from digitjax.models.winograd import toom_cook
 
 VALID = ((0, 0), (0, 0))
-
-
-def toom_cook(k: int, m: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(A^T, G, B^T) of the 1-D correlation F(m, k): y = A^T [(G w) * (B^T d)], from the
-    evaluation matrices of the points 0, +-1, +-2, +-1/2 (as many as needed) and infinity
-    (the transpose of Toom-Cook's linear convolution)."""
-    n = m + k - 1
-    points = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5][: n - 1]
-
-    def evaluation(size: int) -> np.ndarray:  # n x size; infinity takes the top coefficient
-        rows = [[p ** e for e in range(size)] for p in points]
-        return np.array(rows + [[float(e == size - 1) for e in range(size)]])
-
-    return evaluation(m).T, evaluation(k), np.linalg.inv(evaluation(n)).T
 
 
 def winograd(x: jax.Array, w: jax.Array, only_products: bool = False,
