@@ -5,16 +5,17 @@ the existing direct kernel. Dropped for the same F(2, k) inside the kernel
 kernel's time (experiments/results/winograd_1d*_zen3.md, experiments/README.md).
 
     DIGITJAX_CPU_DEVICES=1 python experiments/winograd_1d.py [--models kernel_cnn:5,kernel_cnn:7] \
-        [--out winograd_1d]
+        [--axis 1|2] [--out winograd_1d]
 
-A stride-1 VALID k x k convolution with an even output width gives each pair of output
-columns from k + 1 input columns: out = A^T [(G w) * (B^T d)] (Toom-Cook on the points
-0, +-1, +-2, +-1/2 and infinity). Per pixel pair that is k + 1 products per (row tap,
-channel, feature) where the direct form has 2k: 0.57x the multiplies for k = 7, 0.6x for
-k = 5. Here B^T d and A^T m are sums of strided slices (XLA fusions) and the k + 1 products
-are k + 1 calls of the direct kernel with k x 1 kernels. Each layer prints the direct
-kernel's time, the Winograd form's, and the k + 1 kernel calls alone (the form's floor
-with free transforms), timed in alternating rounds, and the form's largest error relative
+A stride-1 VALID k x k convolution with an even output size along `--axis` (1: the
+height, 2: the width) gives each pair of output rows (columns) from k + 1 input rows:
+out = A^T [(G w) * (B^T d)] (Toom-Cook on the points 0, +-1, +-2, +-1/2 and infinity).
+Per pixel pair that is k + 1 products per (tap, channel, feature) where the direct form
+has 2k: 0.57x the multiplies for k = 7, 0.6x for k = 5. Here B^T d and A^T m are sums of
+strided slices (XLA fusions) and the k + 1 products are k + 1 calls of the direct kernel
+with 1 x k (or k x 1) kernels. Each layer prints the direct kernel's time, the Winograd
+form's, and the k + 1 kernel calls alone (the form's floor with free transforms), timed
+in alternating rounds, and the form's largest error relative
 to lax at "highest" precision beside the direct kernel's.
 """
 
