@@ -252,6 +252,19 @@ WinogradFn PickWinograd(int p, int fv) {
   }
 }
 
+// dst[r * row + e] = sum over s of bt[r, s] * src[s * row + e] for e from e0, r and s
+// < a, one float at a time: TransformRows' tail, and any other height.
+void TransformRowsFrom(int64_t e0, const float* src, int64_t row, int64_t a, const float* bt,
+                       float* dst) {
+  for (int64_t e = e0; e < row; ++e) {
+    for (int64_t r = 0; r < a; ++r) {
+      float acc = 0.0f;
+      for (int64_t s = 0; s < a; ++s) acc += bt[r * a + s] * src[s * row + e];
+      dst[r * row + e] = acc;
+    }
+  }
+}
+
 // dst[r * row + e] = sum over s of bt[r, s] * src[s * row + e], r and s < A: the A
 // transformed rows of a pair from the A packed rows it starts at. A vector of each
 // source row is loaded once for all A outputs: with a pass per coefficient instead,
@@ -273,23 +286,7 @@ void TransformRows(const float* src, int64_t row, const float* bt, float* dst) {
       Store(dst + r * row + e, acc);
     }
   }
-  for (; e < row; ++e) {
-    for (int r = 0; r < A; ++r) {
-      float acc = 0.0f;
-      for (int s = 0; s < A; ++s) acc += bt[r * A + s] * src[s * row + e];
-      dst[r * row + e] = acc;
-    }
-  }
-}
-
-void TransformRowsAny(const float* src, int64_t row, int64_t a, const float* bt, float* dst) {
-  for (int64_t e = 0; e < row; ++e) {
-    for (int64_t r = 0; r < a; ++r) {
-      float acc = 0.0f;
-      for (int64_t s = 0; s < a; ++s) acc += bt[r * a + s] * src[s * row + e];
-      dst[r * row + e] = acc;
-    }
-  }
+  TransformRowsFrom(e, src, row, A, bt, dst);
 }
 
 // x: (n, h, w, c); u: (kh + 1, kw, c, wf), the kernel transformed down its height; bt:
@@ -337,7 +334,7 @@ ffi::Error WinogradConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     } else if (a == 8) {
       TransformRows<8>(src, row, btm, rows.data());
     } else {
-      TransformRowsAny(src, row, a, btm, rows.data());
+      TransformRowsFrom(0, src, row, a, btm, rows.data());
     }
     float* on = o + n0 * d.oh * d.ow * d.f;
     for (int64_t f0 = 0; f0 < d.wf; f0 += kBlockVectors * kLanes) {
