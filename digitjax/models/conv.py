@@ -297,10 +297,15 @@ _kernel_grad_conv.defvjp(_kernel_grad_conv_fwd, _kernel_grad_conv_bwd)
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _direct_conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
-    """The `direct` kernel's stride-1 convolution and input gradient, the weight
-    gradient `_weight_grad`'s; the forward pass by `winograd` where it takes it."""
+    """The `direct` kernel's stride-1 convolution and input gradient (both by `winograd`
+    where it takes them), the weight gradient `_weight_grad`'s."""
+    return _stride1_conv(x, w, pads)
+
+
+def _stride1_conv(x: jax.Array, w: jax.Array, pads) -> jax.Array:
+    """`winograd`'s convolution where it takes the call, else the `direct` kernel's."""
     if tricks_on("winograd") and winograd.takes(x, w, pads):
-        return winograd.conv(x, w)
+        return winograd.conv(x, w, pads)
     return direct_conv.conv(x, w, pads)
 
 
@@ -310,7 +315,8 @@ def _direct_conv_fwd(x, w, pads):
 
 def _direct_conv_bwd(pads, res, g):
     x, w = res
-    return direct_conv.input_grad(g, w, pads, x.shape), _weight_grad(x, w, g, (1, 1), pads)
+    return (direct_conv.input_grad(g, w, pads, x.shape, _stride1_conv),
+            _weight_grad(x, w, g, (1, 1), pads))
 
 
 _direct_conv.defvjp(_direct_conv_fwd, _direct_conv_bwd)

@@ -131,30 +131,45 @@ PixelFn Pick(int p, int fv) {
   }
 }
 
-// Images in[0:P], packed for Pixel. Written in order from P read streams, where a
-// pass per image wrote every P-th float: 1.03-1.07x on kernel_cnn:5's and strided_cnn's
-// layers, neutral on kernel_cnn:7's (experiments/results/direct_flat_loop_zen3.md).
+// Images in[0:P], packed for Pixel: packed[e * P + q] = in[q * stride + e], e < count.
+// Written in order from P read streams, where a pass per image wrote every P-th float:
+// 1.03-1.07x on kernel_cnn:5's and strided_cnn's layers, neutral on kernel_cnn:7's
+// (experiments/results/direct_flat_loop_zen3.md).
 template <int P>
-void PackTile(const float* in, float* packed, int64_t image) {
-  for (int64_t e = 0; e < image; ++e) {  // written in order, read from P streams
+void PackTile(const float* in, float* packed, int64_t count, int64_t stride) {
+  for (int64_t e = 0; e < count; ++e) {  // written in order, read from P streams
 #pragma GCC unroll 12
-    for (int q = 0; q < P; ++q) packed[e * P + q] = in[q * image + e];
+    for (int q = 0; q < P; ++q) packed[e * P + q] = in[q * stride + e];
   }
 }
 
 template <int... P>
-void PackAny(const float* in, float* packed, int64_t image, int p,
+void PackAny(const float* in, float* packed, int64_t count, int64_t stride, int p,
              std::integer_sequence<int, P...>) {
-  using PackFn = void (*)(const float*, float*, int64_t);
+  using PackFn = void (*)(const float*, float*, int64_t, int64_t);
   PackFn table[] = {&PackTile<P + 1>...};
-  table[p - 1](in, packed, image);
+  table[p - 1](in, packed, count, stride);
 }
 
 // Images n0:n0+p of `in`, packed for Pixel.
 void Pack(const float* in, float* packed, const Dims& d, int64_t n0, int64_t p) {
   const int64_t image = d.h * d.w * d.c;
-  PackAny(in + n0 * image, packed, image, static_cast<int>(p),
+  PackAny(in + n0 * image, packed, image, image, static_cast<int>(p),
           std::make_integer_sequence<int, kMaxTile>());
+}
+
+// Images n0:n0+p of `in`, packed as Pack does, as `rows` rows padded with d.ph rows of
+// zeros above (row r holds input row r - d.ph) and as many as it takes below.
+void PackPaddedRows(const float* in, float* packed, const Dims& d, int64_t n0, int64_t p,
+                    int64_t rows) {
+  const int64_t image = d.h * d.w * d.c, row = d.w * d.c * p;
+  const int64_t top = std::min(d.ph, rows), bottom = std::min(d.ph + d.h, rows);
+  std::fill(packed, packed + top * row, 0.0f);
+  if (bottom > top) {
+    PackAny(in + n0 * image, packed + top * row, (bottom - top) * d.w * d.c, image,
+            static_cast<int>(p), std::make_integer_sequence<int, kMaxTile>());
+  }
+  std::fill(packed + std::max(top, bottom) * row, packed + rows * row, 0.0f);
 }
 
 ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -196,22 +211,27 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
-// The same convolution (stride 1, no padding, an even output height) by a 1-D Winograd
-// F(2, kh) down the height (models/winograd.py): a pair of output rows 2q, 2q+1 is
+// The same convolution at stride 1 by a 1-D Winograd F(2, kh) down the height
+// (models/winograd.py): a pair of output rows 2q, 2q+1 is
 //
 //   out[2q + m] = sum over r of at[m, r] * (sum over j, ch of v_r[x + j, ch] * u[r, j, ch])
 //
-// where v_r = sum over t of bt[r, t] * in[2q + t] is a transformed input row and u the
-// transformed kernel (kh + 1 rows of 1 x kw taps). kh + 1 rows of kw * c products make two
-// output pixels where the direct form takes 2 * kh: 0.57x the multiply-adds for 7x7,
-// 0.6x for 5x5. A work item (a tile of images, a pair of rows) transforms its kh + 1
-// rows from the packed tile into a buffer of its thread, then runs Accumulate over each,
-// with the same register block as Pixel, and adds each row's block into the pair's two
-// output rows in the order of r.
+// where v_r = sum over t of bt[r, t] * in[2q + t - ph] is a transformed input row (rows
+// in the padding are zeros) and u the transformed kernel (kh + 1 rows of 1 x kw taps).
+// kh + 1 rows of kw * c products make two output pixels where the direct form takes
+// 2 * kh: 0.57x the multiply-adds for 7x7, 0.6x for 5x5. A work item (a tile of images,
+// a pair of rows) transforms its kh + 1 rows from the packed tile (padded with zero rows
+// by PackPaddedRows) into a buffer of its thread, then runs Accumulate over each, with
+// the same register block as Pixel, skipping the taps in the width's padding as Pixel
+// does, and adds each row's block into the pair's two output rows in the order of r
+// (an odd height's last pair stores one).
 template <int P, int FV>
 void WinogradPixel(const float* rows, const float* u, const float* at, float* out,
                    const Dims& d, int64_t y, int64_t x, int64_t f0) {
-  const int64_t count = d.kw * d.c, row = d.w * d.c * P;
+  const int64_t row = d.w * d.c * P, sx = x - d.pw;
+  const int64_t j0 = std::max<int64_t>(0, -sx), j1 = std::min(d.kw, d.w - sx);
+  const int64_t count = std::max<int64_t>(0, j1 - j0) * d.c;
+  const int outs = static_cast<int>(std::min<int64_t>(2, d.oh - y));
   Vec res[2][P][FV];
   for (int m = 0; m < 2; ++m)
     for (int p = 0; p < P; ++p)
@@ -220,8 +240,9 @@ void WinogradPixel(const float* rows, const float* u, const float* at, float* ou
     Vec acc[P][FV];
     for (int p = 0; p < P; ++p)
       for (int v = 0; v < FV; ++v) acc[p][v] = Vec{};
-    Accumulate(rows + r * row + x * d.c * P, u + r * count * d.wf + f0, count, d.wf, acc);
-    for (int m = 0; m < 2; ++m) {
+    Accumulate(rows + r * row + (sx + j0) * d.c * P, u + (r * d.kw + j0) * d.c * d.wf + f0,
+               count, d.wf, acc);
+    for (int m = 0; m < outs; ++m) {
       const float a = at[m * (d.kh + 1) + r];
       if (a == 0.0f) continue;
       for (int p = 0; p < P; ++p)
@@ -229,7 +250,7 @@ void WinogradPixel(const float* rows, const float* u, const float* at, float* ou
     }
   }
   const int64_t tail = d.f - f0 - (FV - 1) * kLanes;
-  for (int m = 0; m < 2; ++m)
+  for (int m = 0; m < outs; ++m)
     StoreBlock(res[m], out + ((y + m) * d.ow + x) * d.f + f0, d.oh * d.ow * d.f, tail);
 }
 
@@ -290,35 +311,39 @@ void TransformRows(const float* src, int64_t row, const float* bt, float* dst) {
 }
 
 // x: (n, h, w, c); u: (kh + 1, kw, c, wf), the kernel transformed down its height; bt:
-// (kh + 1, kh + 1); at: (2, kh + 1); out: (n, h - kh + 1, w - kw + 1, f), an even height.
+// (kh + 1, kh + 1); at: (2, kh + 1); pad_h, pad_w: the low padding; out: (n, oh, ow, f);
+// scratch: n * (2 * ceil(oh / 2) + kh - 1) * w * c floats, the padded rows every pair
+// reads.
 ffi::Error WinogradConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                         ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> bt,
-                        ffi::Buffer<ffi::F32> at, ffi::ResultBuffer<ffi::F32> out,
+                        ffi::Buffer<ffi::F32> at, int64_t pad_h, int64_t pad_w,
+                        ffi::ResultBuffer<ffi::F32> out,
                         ffi::ResultBuffer<ffi::F32> scratch) {
   const auto xd = x.dimensions(), ud = u.dimensions(), od = out->dimensions();
   if (xd.size() != 4 || ud.size() != 4 || od.size() != 4 || xd[0] != od[0] ||
       ud[2] != xd[3] || ud[3] % kLanes != 0 || od[3] > ud[3] || od[3] <= ud[3] - kLanes ||
-      ud[0] < 2 || od[1] != xd[1] - ud[0] + 2 || od[1] < 2 || od[1] % 2 != 0 ||
-      od[2] != xd[2] - ud[1] + 1 || od[2] < 1 ||
+      ud[0] < 2 || od[1] < 1 || od[2] < 1 || pad_h < 0 || pad_w < 0 ||
       bt.element_count() != ud[0] * ud[0] || at.element_count() != 2 * ud[0] ||
-      scratch->element_count() != x.element_count()) {
+      scratch->element_count() != xd[0] * ((od[1] + 1) / 2 * 2 + ud[0] - 2) * xd[2] * xd[3]) {
     return ffi::Error::InvalidArgument("winograd conv: shapes do not match");
   }
   if (out->element_count() == 0) return ffi::Error::Success();
   const Dims d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3],
-               ud[3], ud[0] - 1, ud[1], 0, 0, 1};
+               ud[3], ud[0] - 1, ud[1], pad_h, pad_w, 1};
   const int fv = static_cast<int>(std::min<int64_t>(kBlockVectors, d.wf / kLanes));
   const int tile = std::min(kMaxTile, kAccumulators / fv);
-  const int64_t tiles = (d.n + tile - 1) / tile, pairs = d.oh / 2;
+  const int64_t tiles = (d.n + tile - 1) / tile, pairs = (d.oh + 1) / 2;
+  const int64_t padded = 2 * pairs + d.kh - 1;  // rows: pair q reads 2q .. 2q + kh
   const float* in = x.typed_data();
   const float* uw = u.typed_data();
   const float* btm = bt.typed_data();
   const float* atm = at.typed_data();
   float* o = out->typed_data();
   float* packed = scratch->typed_data();
-  const int64_t image = d.h * d.w * d.c, a = d.kh + 1;
+  const int64_t image = padded * d.w * d.c, a = d.kh + 1;  // a padded image's floats
   ParallelFor(pool, tiles, [=](int64_t t) {
-    Pack(in, packed + t * tile * image, d, t * tile, std::min<int64_t>(tile, d.n - t * tile));
+    PackPaddedRows(in, packed + t * tile * image, d, t * tile,
+                   std::min<int64_t>(tile, d.n - t * tile), padded);
   });
   ParallelFor(pool, tiles * pairs, [=](int64_t k) {
     const int64_t t = k / pairs, q = k % pairs;
@@ -367,5 +392,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxWinogradConv, digitjax::WinogradConv,
                                   .Arg<ffi::Buffer<ffi::F32>>()    // u
                                   .Arg<ffi::Buffer<ffi::F32>>()    // bt
                                   .Arg<ffi::Buffer<ffi::F32>>()    // at
+                                  .Attr<int64_t>("pad_h")
+                                  .Attr<int64_t>("pad_w")
                                   .Ret<ffi::Buffer<ffi::F32>>()    // out
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // scratch, as large as x
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // scratch: padded rows

@@ -8,6 +8,9 @@ says where it is used and what it was measured at.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,12 +49,13 @@ def conv(x: jax.Array, w: jax.Array, pads, stride: int = 1) -> jax.Array:
     return out
 
 
-def input_grad(g: jax.Array, w: jax.Array, pads, x_shape) -> jax.Array:
+def input_grad(g: jax.Array, w: jax.Array, pads, x_shape,
+               stride1: Callable[[jax.Array, jax.Array, Any], jax.Array] = conv) -> jax.Array:
     """The input gradient of `conv(x, w, pads)` for output gradient `g`: the convolution
     of g with the flipped kernel, its input and output channels swapped, padded by
-    k - 1 - low."""
+    k - 1 - low, computed by `stride1` (this kernel's `conv`, or one with its signature)."""
     kh, kw = w.shape[:2]
     flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     back = ((kh - 1 - pads[0][0], x_shape[1] - g.shape[1] + pads[0][0]),
             (kw - 1 - pads[1][0], x_shape[2] - g.shape[2] + pads[1][0]))
-    return conv(g, flipped, back)
+    return stride1(g, flipped, back)

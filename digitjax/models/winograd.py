@@ -26,6 +26,24 @@ from digitjax.models import weight_grad
 
 KERNEL_SIZES = (3, 5, 7)  # the heights it is used for
 MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the direct kernel
+# Rows of products, Winograd's over the direct kernel's, at most: the direct kernel skips
+# the rows in the padding, Winograd's pairs multiply them (transformed, they are not
+# zeros). Unpadded layers are at 0.57-0.67 (kh + 1 rows per pair for 2 * kh); an input
+# gradient (padded by kh - 1) over a small output gradient at 0.8-1.4. MEASURED BELOW.
+MAX_ROW_RATIO = 0.8
+
+
+def _out_size(n: int, k: int, pad: tuple[int, int]) -> int:
+    return n + pad[0] + pad[1] - k + 1
+
+
+def row_ratio(h: int, kh: int, pad: tuple[int, int]) -> float:
+    """Kernel rows multiplied, Winograd's over the direct kernel's, for an input of height
+    h padded by `pad` (low, high): (kh + 1) per pair of output rows, against the rows of
+    each output row's window that fall inside the input."""
+    oh = _out_size(h, kh, pad)
+    direct = sum(min(kh, h + pad[0] - y) - max(0, pad[0] - y) for y in range(oh))
+    return (oh + 1) // 2 * (kh + 1) / max(direct, 1)
 
 
 @functools.cache
@@ -46,26 +64,35 @@ def toom_cook(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def takes(x: jax.Array, w: jax.Array, pads) -> bool:
-    """Whether `conv` computes this stride-1 convolution: float32 on one XLA device with
-    the kernels built, no padding, a kernel height in KERNEL_SIZES, at least MIN_CHANNELS
-    input channels, and an even output height of at least 2."""
+    """Whether `conv` computes this stride-1 convolution, `pads` as (low, high) pairs for
+    H and W: float32 on one XLA device with the kernels built, a kernel height in
+    KERNEL_SIZES, at least MIN_CHANNELS input channels, each low padding below the
+    kernel's size and no negative padding (as the direct kernel), an output of at least
+    one pixel, and at most MAX_ROW_RATIO of the direct kernel's rows of products."""
     kh, kw, c, _ = w.shape
-    out_h = x.shape[1] - kh + 1
-    return (all(a.dtype == jnp.float32 for a in (x, w)) and not any(map(any, pads))
-            and kh in KERNEL_SIZES and kw <= x.shape[2] and c >= MIN_CHANNELS
-            and out_h >= 2 and out_h % 2 == 0 and weight_grad.usable())
+    sizes = zip(pads, (kh, kw), x.shape[1:3], strict=True)
+    return (all(a.dtype == jnp.float32 for a in (x, w)) and kh in KERNEL_SIZES
+            and c >= MIN_CHANNELS
+            and all(0 <= lo < k and hi >= 0 and _out_size(n, k, (lo, hi)) >= 1
+                    for (lo, hi), k, n in sizes)
+            and row_ratio(x.shape[1], kh, pads[0]) <= MAX_ROW_RATIO
+            and weight_grad.usable())
 
 
-def conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The VALID stride-1 convolution of x (NHWC) with w (HWIO), as `takes` allows."""
+def conv(x: jax.Array, w: jax.Array, pads=((0, 0), (0, 0))) -> jax.Array:
+    """The stride-1 convolution of x (NHWC) with w (HWIO), `pads` as (low, high) pairs for
+    H and W, as `takes` allows."""
     kh, kw, _, f = w.shape
+    n, h, wd, c = x.shape
+    oh, ow = _out_size(h, kh, pads[0]), _out_size(wd, kw, pads[1])
     at, g, bt = toom_cook(kh)
     u = jnp.tensordot(jnp.asarray(g, jnp.float32), w, ((1,), (0,)))  # (kh + 1, kw, c, f)
-    out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
+    rows = (oh + 1) // 2 * 2 + kh - 1  # the padded input rows the pairs read
+    out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch: padded rows
         weight_grad.WINOGRAD_TARGET,
-        (jax.ShapeDtypeStruct((x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1, f),
-                              jnp.float32),
-         jax.ShapeDtypeStruct(x.shape, jnp.float32)),
+        (jax.ShapeDtypeStruct((n, oh, ow, f), jnp.float32),
+         jax.ShapeDtypeStruct((n, rows, wd, c), jnp.float32)),
         vmap_method="sequential")(x, weight_grad.pad_to_vectors(u),
-                                  jnp.asarray(bt, jnp.float32), jnp.asarray(at, jnp.float32))
+                                  jnp.asarray(bt, jnp.float32), jnp.asarray(at, jnp.float32),
+                                  pad_h=np.int64(pads[0][0]), pad_w=np.int64(pads[1][0]))
     return out
