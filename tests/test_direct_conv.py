@@ -140,8 +140,9 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
     g = jax.random.normal(jax.random.key(2), jax.eval_shape(
         lambda: cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims)).shape)
     loss = lambda x, w: jnp.vdot(g, cpu_conv(x, w, (1, 1), padding, dimension_numbers=dims))
-    # the 5x5 VALID conv's forward pass (an even output height) takes `winograd`
-    wino = padding == "VALID"
+    # `winograd` takes the 5x5 VALID conv's forward pass (its input gradient, padded by 4
+    # over 8 rows, would multiply 0.9 of the direct kernel's rows), and both SAME passes
+    wino = 1 if padding == "VALID" else 2
     for tricks, direct, by_wino in (("1", 2 - wino, wino), ("direct", 2, 0), ("0", 0, 0),
                                     ("row_split,taps,weight_grad,winograd", 0, 0)):
         os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
