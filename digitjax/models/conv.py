@@ -113,26 +113,38 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    its inference 1.12x (paired in one process, 9 rounds, against lax's strided forward
    pass; experiments/README.md, session 22).
 
-7. `winograd`: the forward pass of an unpadded stride-1 3x3, 5x5 or 7x7 convolution
-   with an even output height and at least 8 input channels (models/winograd.py),
-   inside `_direct_conv`, by a 1-D Winograd F(2, k) down the height: kernel_cnn:5 and
-   :7 sat at this CPU's FMA peak in both frameworks (the direct kernel at 93-97% of
-   XLA's matmul rate), so only fewer multiplies could move them: k + 1 transformed rows
-   of 1 x k taps per pair of output rows instead of 2k rows, 0.57x the multiply-adds
-   for 7x7, 0.6x for 5x5, 0.67x for 3x3, on the direct kernel's register block in
-   direct_conv.cc. Per layer, against the direct kernel (batch 128, AVX2, Zen 3, 9-11
-   alternating rounds, one-off scripts): 1.38-1.50x on kernel_cnn:5/:7's seven layers
-   past the first, 1.01-1.27x on kernel_cnn:3's nine and 1.19-1.28x on strided_cnn's
-   three 3x3 layers (transforming each pair's rows in registers, not a pass per
-   coefficient, took 5x5/7x7 from 1.07-1.21x to that). Whole model, this trick off vs
-   on, paired on one device (`DIGITJAX_CPU_DEVICES=1 python experiments/paired_tricks.py
-   --model M --a <all but winograd> --b 1 --rounds 9`,
-   experiments/results/paired_winograd_*.md), inference / training: kernel_cnn:7
-   1.45x / 1.08x, kernel_cnn:5 1.36x / 1.09x, kernel_cnn:3 1.17x / 1.07x, strided_cnn
-   1.09x / 1.03x. The input and weight gradients stay the direct and weight_grad
-   kernels'. Its error against lax at "highest" precision was 1.4-3.0e-6 of the largest
-   output, the direct kernel's 0.6-2.4e-6. The same F(2, k) built from XLA ops around
-   the direct kernel lost (0.26-1.21x; experiments/winograd_1d.py).
+7. `winograd`: stride-1 3x3, 5x5 and 7x7 convolutions with at least 8 input channels
+   (models/winograd.py), inside `_direct_conv` (`_stride1_conv`), by a 1-D Winograd
+   F(2, k) down the height: kernel_cnn:5 and :7 sat at the Zen 3 CPU's FMA peak in both
+   frameworks (the direct kernel at 93-97% of XLA's matmul rate), so only fewer
+   multiplies could move them: k + 1 transformed rows of 1 x k taps per pair of output
+   rows instead of 2k rows, 0.57x the multiply-adds for 7x7, 0.6x for 5x5, 0.67x for
+   3x3, on the direct kernel's register block in direct_conv.cc. First (session 23) the
+   unpadded forward passes; per layer, against the direct kernel (batch 128, AVX2, Zen
+   3, 9-11 alternating rounds, one-off scripts): 1.38-1.50x on kernel_cnn:5/:7's seven
+   layers past the first, 1.01-1.27x on kernel_cnn:3's nine and 1.19-1.28x on
+   strided_cnn's three 3x3 layers (transforming each pair's rows in registers, not a
+   pass per coefficient, took 5x5/7x7 from 1.07-1.21x to that). Whole model, this trick
+   off vs on, paired on one device (`DIGITJAX_CPU_DEVICES=1 python
+   experiments/paired_tricks.py --model M --a <all but winograd> --b 1 --rounds 9`,
+   experiments/results/paired_winograd_*.md), inference / training: kernel_cnn:7 1.45x
+   / 1.08x, kernel_cnn:5 1.36x / 1.09x, kernel_cnn:3 1.17x / 1.07x, strided_cnn 1.09x /
+   1.03x. Then (session 24) padded convolutions and odd output heights: the SAME convs
+   of cnn and inception_cnn, and input gradients (padded by k - 1), where Winograd
+   multiplies at most `winograd.MAX_ROW_RATIO` of the rows the direct kernel does (it
+   skips rows in the padding, Winograd's pairs multiply them). Every convolution of the
+   six models' training steps, direct kernel over Winograd (AMD EPYC Zen 1, AVX2 as two
+   128-bit halves; `DIGITJAX_CPU_DEVICES=1 python experiments/winograd_layers.py`,
+   experiments/results/winograd_layers_zen1.md): forward
+   1.08-1.53x, input gradients 1.05-1.22x up to a row ratio of 0.83, 0.99-1.00x at
+   0.90-0.91, 0.65x at 1.43. Whole model off vs on, paired as above (Zen 1,
+   experiments/results/paired_winograd_padded_*.md), training / inference: cnn 1.07x /
+   1.20x, inception_cnn 1.03x / 1.02x, kernel_cnn:7 1.09x / 1.46x, kernel_cnn:5 1.11x /
+   1.35x, kernel_cnn:3 1.15x / 1.24x, strided_cnn 1.03x / 1.20x. The weight gradients
+   stay the weight_grad kernel's. Its error against lax at "highest" precision was
+   1.4-3.0e-6 of the largest output, the direct kernel's 0.6-2.4e-6. The same F(2, k)
+   built from XLA ops around the direct kernel lost (0.26-1.21x;
+   experiments/winograd_1d.py).
 
 `pool` (models/pool.py's pooling) and `bn_relu` (models/norm.py's batch norm + ReLU as
 one layer: cnn 1.33x, strided_cnn 1.13x) are switched the same way.

@@ -1,17 +1,20 @@
-"""The `winograd` CPU trick: the forward pass of a stride-1 unpadded convolution with a
-3x3, 5x5 or 7x7 kernel by a 1-D Winograd F(2, k) down the image's height, on the direct
-kernel's register block (direct_conv.cc's WinogradConv, an XLA FFI custom call).
+"""The `winograd` CPU trick: a stride-1 convolution with a 3x3, 5x5 or 7x7 kernel by a
+1-D Winograd F(2, k) down the image's height, on the direct kernel's register block
+(direct_conv.cc's WinogradConv, an XLA FFI custom call): forward passes, and input
+gradients (convolutions of the output gradient padded by k - 1) where it multiplies
+fewer rows than the direct kernel, which skips the padding (`row_ratio`).
 
 Each pair of output rows comes from k + 1 input rows: out = A^T [(G w) * (B^T d)], the
 transpose of Toom-Cook's linear convolution on the points 0, +-1, +-2 (+-1/2 for k = 7)
 and infinity. The kernel multiplies k + 1 transformed rows of 1 x k taps per pair where
 the direct form multiplies 2k rows: 0.57x the multiply-adds for 7x7, 0.6x for 5x5, 0.67x
-for 3x3. kernel_cnn:5 and :7 ran their forward passes at this CPU's FMA peak (the direct
-kernel at 93-97% of XLA's matmul rate), as did PyTorch's oneDNN: fewer multiplies was
-what was left. Only the sums' order changes: against lax at "highest" precision its
-largest error was 1.4-3.0e-6 of the largest output on kernel_cnn:5/:7's layers, the
-direct kernel's 0.6-2.4e-6 (a one-off check; tests/test_winograd.py bounds it at 1e-5).
-Measured in models/conv.py (trick 7).
+for 3x3. Rows in the padding are packed as zeros, and their transformed rows multiplied;
+taps in the width's padding are skipped as in the direct kernel. kernel_cnn:5 and :7 ran
+their forward passes at this CPU's FMA peak (the direct kernel at 93-97% of XLA's matmul
+rate), as did PyTorch's oneDNN: fewer multiplies was what was left. Only the sums' order
+changes: against lax at "highest" precision its largest error was 1.4-3.0e-6 of the
+largest output on kernel_cnn:5/:7's layers, the direct kernel's 0.6-2.4e-6 (a one-off
+check; tests/test_winograd.py bounds it at 1e-5). Measured in models/conv.py (trick 7).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ KERNEL_SIZES = (3, 5, 7)  # the heights it is used for
 MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the direct kernel
 # Rows of products, Winograd's over the direct kernel's, at most: the direct kernel skips
 # the rows in the padding, Winograd's pairs multiply them (transformed, they are not
-# zeros). Per convolution against the direct kernel, by this ratio (batch 128, Zen 3,
+# zeros). Per convolution against the direct kernel, by this ratio (batch 128, Zen 1,
 # 9 alternating rounds; `DIGITJAX_CPU_DEVICES=1 python experiments/winograd_layers.py`,
-# experiments/results/winograd_layers_zen3.md): unpadded 0.57-0.67 1.15-1.53x; SAME
+# experiments/results/winograd_layers_zen1.md): unpadded 0.57-0.67 1.15-1.53x; SAME
 # 3x3 0.68-0.70 1.08-1.28x; input gradients (padded by k - 1) 0.70-0.80 1.05-1.22x, 0.83
 # 1.08x and 1.13x, 0.90-0.91 0.99x and 1.00x, 1.43 0.65x.
 MAX_ROW_RATIO = 0.85
