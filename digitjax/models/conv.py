@@ -136,7 +136,7 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    six models' training steps, direct kernel over Winograd (AMD EPYC Zen 1, AVX2 as two
    128-bit halves; `DIGITJAX_CPU_DEVICES=1 python experiments/winograd_layers.py`,
    experiments/results/winograd_layers_zen1.md): forward
-   1.08-1.53x, input gradients 1.05-1.22x up to a row ratio of 0.83, 0.99-1.00x at
+   1.08-1.53x, input gradients 1.07-1.22x up to a row ratio of 0.83, 0.99-1.00x at
    0.90-0.91, 0.65x at 1.43. Whole model off vs on, paired as above (Zen 1,
    experiments/results/paired_winograd_padded_*.md), training / inference: cnn 1.07x /
    1.20x, inception_cnn 1.03x / 1.02x, kernel_cnn:7 1.09x / 1.46x, kernel_cnn:5 1.11x /

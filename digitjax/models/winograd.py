@@ -34,7 +34,7 @@ MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the d
 # zeros). Per convolution against the direct kernel, by this ratio (batch 128, Zen 1,
 # 9 alternating rounds; `DIGITJAX_CPU_DEVICES=1 python experiments/winograd_layers.py`,
 # experiments/results/winograd_layers_zen1.md): unpadded 0.57-0.67 1.15-1.53x; SAME
-# 3x3 0.68-0.70 1.08-1.28x; input gradients (padded by k - 1) 0.70-0.80 1.05-1.22x, 0.83
+# 3x3 0.68-0.70 1.08-1.28x; input gradients (padded by k - 1) 0.72-0.80 1.07-1.22x, 0.83
 # 1.08x and 1.13x, 0.90-0.91 0.99x and 1.00x, 1.43 0.65x.
 MAX_ROW_RATIO = 0.85
 
