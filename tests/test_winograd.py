@@ -75,6 +75,7 @@ def test_an_images_output_does_not_depend_on_its_place_in_the_batch(pads):
     (22, 7, (0, 0), 8 * 8 / (16 * 7)),  # unpadded: (k + 1) per pair against 2k
     (28, 3, (1, 1), 14 * 4 / (28 * 3 - 2)),  # SAME: the first and last rows meet 2 rows
     (4, 7, (6, 6), 5 * 8 / (4 * 7)),  # a small output gradient's input gradient: 1.43
+    (10, 3, (0, 6), 7 * 4 / (8 * 3 + 2 + 1)),  # the last 4 rows' windows all in the padding
 ])
 def test_row_ratio_counts_the_rows_each_form_multiplies(h, k, pads, ratio):
     assert winograd.row_ratio(h, k, pads) == pytest.approx(ratio)

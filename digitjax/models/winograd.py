@@ -48,7 +48,7 @@ def row_ratio(h: int, kh: int, pad: tuple[int, int]) -> float:
     h padded by `pad` (low, high): (kh + 1) per pair of output rows, against the rows of
     each output row's window that fall inside the input."""
     oh = _out_size(h, kh, pad)
-    direct = sum(min(kh, h + pad[0] - y) - max(0, pad[0] - y) for y in range(oh))
+    direct = sum(max(0, min(kh, h + pad[0] - y) - max(0, pad[0] - y)) for y in range(oh))
     return (oh + 1) // 2 * (kh + 1) / max(direct, 1)
 
 
