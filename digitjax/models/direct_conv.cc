@@ -169,7 +169,7 @@ void PackPaddedRows(const float* in, float* packed, const Dims& d, int64_t n0, i
     PackAny(in + n0 * image, packed + top * row, (bottom - top) * d.w * d.c, image,
             static_cast<int>(p), std::make_integer_sequence<int, kMaxTile>());
   }
-  std::fill(packed + std::max(top, bottom) * row, packed + rows * row, 0.0f);
+  std::fill(packed + bottom * row, packed + rows * row, 0.0f);  // bottom >= top
 }
 
 ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digitjax.models import weight_grad
+from digitjax.models import direct_conv, weight_grad
 
 KERNEL_SIZES = (3, 5, 7)  # the heights it is used for
 MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the direct kernel
@@ -71,18 +71,14 @@ def toom_cook(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def takes(x: jax.Array, w: jax.Array, pads) -> bool:
     """Whether `conv` computes this stride-1 convolution, `pads` as (low, high) pairs for
-    H and W: float32 on one XLA device with the kernels built, a kernel height in
-    KERNEL_SIZES, at least MIN_CHANNELS input channels, each low padding below the
-    kernel's size and no negative padding (as the direct kernel), an output of at least
-    one pixel, and at most MAX_ROW_RATIO of the direct kernel's rows of products."""
-    kh, kw, c, _ = w.shape
-    sizes = zip(pads, (kh, kw), x.shape[1:3], strict=True)
-    return (all(a.dtype == jnp.float32 for a in (x, w)) and kh in KERNEL_SIZES
-            and c >= MIN_CHANNELS
-            and all(0 <= lo < k and hi >= 0 and _out_size(n, k, (lo, hi)) >= 1
-                    for (lo, hi), k, n in sizes)
-            and row_ratio(x.shape[1], kh, pads[0]) <= MAX_ROW_RATIO
-            and weight_grad.usable())
+    H and W: one the direct kernel takes (`direct_conv.takes`: float32, one XLA device
+    with the kernels built, each low padding below the kernel's size, none negative, an
+    output of at least one pixel) with a kernel height in KERNEL_SIZES, at least
+    MIN_CHANNELS input channels, and at most MAX_ROW_RATIO of the direct kernel's rows
+    of products."""
+    kh, _, c, _ = w.shape
+    return (kh in KERNEL_SIZES and c >= MIN_CHANNELS and direct_conv.takes(x, w, pads)
+            and row_ratio(x.shape[1], kh, pads[0]) <= MAX_ROW_RATIO)
 
 
 def conv(x: jax.Array, w: jax.Array, pads=((0, 0), (0, 0))) -> jax.Array:
