@@ -115,21 +115,29 @@ constexpr int kMaxTile = 12;  // images per tile at most
 // experiments/results/layer_forward_zen3*.md). AVX-512 (4 vectors, tiles of 6) was at
 // parity or faster on every layer (session 17).
 
-template <int FV, int... P>
-PixelFn PickTile(int p, std::integer_sequence<int, P...>) {
-  PixelFn table[] = {&Pixel<P + 1, FV>...};
+// A kernel family's instantiation for a tile of p images (1..kMaxTile) and fv vectors:
+// Family<P, FV>::kFn is the function (Pixel's here, WinogradPixel's below).
+template <template <int, int> class Family, int FV, int... P>
+auto PickTile(int p, std::integer_sequence<int, P...>) {
+  static constexpr decltype(Family<1, FV>::kFn) table[] = {Family<P + 1, FV>::kFn...};
   return table[p - 1];
 }
 
-PixelFn Pick(int p, int fv) {
+template <template <int, int> class Family>
+auto Pick(int p, int fv) {
   using Tiles = std::make_integer_sequence<int, kMaxTile>;
   switch (fv) {
-    case 1: return PickTile<1>(p, Tiles());
-    case 2: return PickTile<2>(p, Tiles());
-    case 3: return PickTile<3>(p, Tiles());
-    default: return PickTile<4>(p, Tiles());
+    case 1: return PickTile<Family, 1>(p, Tiles());
+    case 2: return PickTile<Family, 2>(p, Tiles());
+    case 3: return PickTile<Family, 3>(p, Tiles());
+    default: return PickTile<Family, 4>(p, Tiles());
   }
 }
+
+template <int P, int FV>
+struct DirectFamily {
+  static constexpr PixelFn kFn = &Pixel<P, FV>;
+};
 
 // Images in[0:P], packed for Pixel: packed[e * P + q] = in[q * stride + e], e < count.
 // Written in order from P read streams, where a pass per image wrote every P-th float:
@@ -204,7 +212,7 @@ ffi::Error DirectConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     float* on = o + n0 * d.oh * d.ow * d.f;
     for (int64_t f0 = 0; f0 < d.wf; f0 += kBlockVectors * kLanes) {
       const int v = static_cast<int>(std::min<int64_t>(kBlockVectors, (d.wf - f0) / kLanes));
-      const PixelFn pixel = Pick(static_cast<int>(p), v);
+      const PixelFn pixel = Pick<DirectFamily>(static_cast<int>(p), v);
       for (int64_t xx = 0; xx < d.ow; ++xx) pixel(packed + n0 * image, wt, on, d, y, xx, f0);
     }
   });
@@ -257,21 +265,10 @@ void WinogradPixel(const float* rows, const float* u, const float* at, float* ou
 using WinogradFn = void (*)(const float*, const float*, const float*, float*, const Dims&,
                             int64_t, int64_t, int64_t);
 
-template <int FV, int... P>
-WinogradFn PickWinogradTile(int p, std::integer_sequence<int, P...>) {
-  WinogradFn table[] = {&WinogradPixel<P + 1, FV>...};
-  return table[p - 1];
-}
-
-WinogradFn PickWinograd(int p, int fv) {
-  using Tiles = std::make_integer_sequence<int, kMaxTile>;
-  switch (fv) {
-    case 1: return PickWinogradTile<1>(p, Tiles());
-    case 2: return PickWinogradTile<2>(p, Tiles());
-    case 3: return PickWinogradTile<3>(p, Tiles());
-    default: return PickWinogradTile<4>(p, Tiles());
-  }
-}
+template <int P, int FV>
+struct WinogradFamily {
+  static constexpr WinogradFn kFn = &WinogradPixel<P, FV>;
+};
 
 // dst[r * row + e] = sum over s of bt[r, s] * src[s * row + e] for e from e0, r and s
 // < a, one float at a time: TransformRows' tail, and any other height.
@@ -364,7 +361,7 @@ ffi::Error WinogradConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     float* on = o + n0 * d.oh * d.ow * d.f;
     for (int64_t f0 = 0; f0 < d.wf; f0 += kBlockVectors * kLanes) {
       const int v = static_cast<int>(std::min<int64_t>(kBlockVectors, (d.wf - f0) / kLanes));
-      const WinogradFn pixel = PickWinograd(static_cast<int>(p), v);
+      const WinogradFn pixel = Pick<WinogradFamily>(static_cast<int>(p), v);
       for (int64_t xx = 0; xx < d.ow; ++xx) pixel(rows.data(), uw, atm, on, d, 2 * q, xx, f0);
     }
   });

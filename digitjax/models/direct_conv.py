@@ -29,6 +29,11 @@ def takes(x: jax.Array, w: jax.Array, pads) -> bool:
             and weight_grad.usable())
 
 
+def out_size(n: int, k: int, pad: tuple[int, int], stride: int = 1) -> int:
+    """Output length along an axis of n inputs, a kernel of k taps, (low, high) padding."""
+    return (n + pad[0] + pad[1] - k) // stride + 1
+
+
 def conv(x: jax.Array, w: jax.Array, pads, stride: int = 1) -> jax.Array:
     """The convolution of `x` (NHWC) with `w` (HWIO), `pads` as (low, high) pairs for H
     and W, `stride` on both axes. Output features that are not a whole number of vectors
@@ -37,8 +42,8 @@ def conv(x: jax.Array, w: jax.Array, pads, stride: int = 1) -> jax.Array:
     if weight_grad.lanes() is None:
         raise RuntimeError("the direct convolution kernel is not available")
     kh, kw, _, f = w.shape
-    out_h = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
-    out_w = (x.shape[2] + sum(pads[1]) - kw) // stride + 1
+    out_h = out_size(x.shape[1], kh, pads[0], stride)
+    out_w = out_size(x.shape[2], kw, pads[1], stride)
     w = weight_grad.pad_to_vectors(w)
     out, _ = jax.ffi.ffi_call(  # the second result is the kernel's scratch, as large as x
         weight_grad.DIRECT_TARGET,

@@ -39,15 +39,11 @@ MIN_CHANNELS = 8  # input channels at least: first layers (1 channel) keep the d
 MAX_ROW_RATIO = 0.85
 
 
-def _out_size(n: int, k: int, pad: tuple[int, int]) -> int:
-    return n + pad[0] + pad[1] - k + 1
-
-
 def row_ratio(h: int, kh: int, pad: tuple[int, int]) -> float:
     """Kernel rows multiplied, Winograd's over the direct kernel's, for an input of height
     h padded by `pad` (low, high): (kh + 1) per pair of output rows, against the rows of
     each output row's window that fall inside the input."""
-    oh = _out_size(h, kh, pad)
+    oh = direct_conv.out_size(h, kh, pad)
     direct = sum(max(0, min(kh, h + pad[0] - y) - max(0, pad[0] - y)) for y in range(oh))
     return (oh + 1) // 2 * (kh + 1) / max(direct, 1)
 
@@ -86,7 +82,7 @@ def conv(x: jax.Array, w: jax.Array, pads=((0, 0), (0, 0))) -> jax.Array:
     H and W, as `takes` allows."""
     kh, kw, _, f = w.shape
     n, h, wd, c = x.shape
-    oh, ow = _out_size(h, kh, pads[0]), _out_size(wd, kw, pads[1])
+    oh, ow = direct_conv.out_size(h, kh, pads[0]), direct_conv.out_size(wd, kw, pads[1])
     at, g, bt = toom_cook(kh)
     u = jnp.tensordot(jnp.asarray(g, jnp.float32), w, ((1,), (0,)))  # (kh + 1, kw, c, f)
     rows = (oh + 1) // 2 * 2 + kh - 1  # the padded input rows the pairs read
