@@ -154,22 +154,27 @@ for shape, kernel, padding in [((4, 12, 12, 32), (5, 5, 32, 48), "VALID"),
             x, w, (1, 1), padding, dimension_numbers=dims)), (0, 1))(x, w)
         assert np.allclose(dx, dx0, rtol=1e-4, atol=1e-3) and np.allclose(dw, dw0, rtol=1e-4,
                                                                            atol=1e-3), tricks
-x, w = jax.random.normal(jax.random.key(0), (4, 12, 12, 8)), jnp.ones((5, 5, 8, 16))
-for tricks, uses in (("1", True), ("space_to_depth,weight_grad", False)):  # a strided conv
-    os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
-    forward = jax.jit(lambda x: cpu_conv(x, w, (2, 2), "SAME", dimension_numbers=dims))
-    assert ("digitjax_direct_conv" in forward.lower(x).as_text()) == uses, tricks
-    assert np.allclose(forward(x), lax.conv_general_dilated(x, w, (2, 2), "SAME",
-                                                            dimension_numbers=dims), atol=1e-4)
-    strided = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (2, 2), "SAME",
-                                                             dimension_numbers=dims)))
-    for fast, slow in zip(jax.grad(strided(cpu_conv), (0, 1))(x, w),
-                          jax.grad(strided(lax.conv_general_dilated), (0, 1))(x, w)):
-        assert np.allclose(fast, slow, rtol=1e-4, atol=1e-3), tricks
-    # the forward pass (sin's derivative needs it), and the input gradient as one
-    # stride-1 convolution per phase, 2 x 2 of them
-    hlo = jax.jit(jax.grad(strided(cpu_conv))).lower(x, w).as_text()
-    assert hlo.count("digitjax_direct_conv") == (5 if uses else 0), tricks
+# strided convs: the input gradient as one stride-1 convolution per phase, 2 x 2 of them;
+# `winograd` takes the two 3-row phases of a 24x24 input's (strided_cnn's first strided
+# layer: 0.8 of the direct kernel's rows), none of a 12x12 one's (0.94)
+for size, wino in ((12, 0), (24, 2)):
+    x, w = jax.random.normal(jax.random.key(0), (2, size, size, 8)), jnp.ones((5, 5, 8, 16))
+    for tricks, uses in (("1", True), ("space_to_depth,weight_grad", False)):
+        os.environ["DIGITJAX_CPU_CONV_TRICKS"] = tricks
+        forward = jax.jit(lambda x: cpu_conv(x, w, (2, 2), "SAME", dimension_numbers=dims))
+        assert ("digitjax_direct_conv" in forward.lower(x).as_text()) == uses, tricks
+        assert np.allclose(forward(x), lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                                dimension_numbers=dims),
+                           atol=1e-4)
+        strided = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (2, 2), "SAME",
+                                                                 dimension_numbers=dims)))
+        for fast, slow in zip(jax.grad(strided(cpu_conv), (0, 1))(x, w),
+                              jax.grad(strided(lax.conv_general_dilated), (0, 1))(x, w)):
+            assert np.allclose(fast, slow, rtol=1e-4, atol=1e-3), (size, tricks)
+        # the forward pass (sin's derivative needs it) and the four phases
+        hlo = jax.jit(jax.grad(strided(cpu_conv))).lower(x, w).as_text()
+        assert hlo.count("digitjax_direct_conv") == (5 - wino if uses else 0), (size, tricks)
+        assert hlo.count("digitjax_winograd_conv") == (wino if uses else 0), (size, tricks)
 os.environ["DIGITJAX_CPU_CONV_TRICKS"] = "1"
 for k, route in ((5, "_direct_conv"), (3, "tap_sum_conv")):  # a first layer: one channel
     x, w = jnp.ones((2, 12, 12, 1)), jnp.ones((k, k, 1, 16))

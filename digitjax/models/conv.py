@@ -140,7 +140,11 @@ which CPU tricks run: unset or 1 all, 0 none (every convolution to
    0.90-0.91, 0.65x at 1.43. Whole model off vs on, paired as above (Zen 1,
    experiments/results/paired_winograd_padded_*.md), training / inference: cnn 1.07x /
    1.20x, inception_cnn 1.03x / 1.02x, kernel_cnn:7 1.09x / 1.46x, kernel_cnn:5 1.11x /
-   1.35x, kernel_cnn:3 1.15x / 1.24x, strided_cnn 1.03x / 1.20x. The weight gradients
+   1.35x, kernel_cnn:3 1.15x / 1.24x, strided_cnn 1.03x / 1.20x. A strided conv's
+   input gradient by phases makes the same choice per phase (session 25): on
+   strided_cnn's first 5x5/2 layer the two 3-row phases (ratio 0.80) gained 1.07x and
+   1.03x, 0.3 ms of a step; its second layer's (1.09) stay direct
+   (experiments/results/winograd_layers_zen1_phases.md). The weight gradients
    stay the weight_grad kernel's. Its error against lax at "highest" precision was
    1.4-3.0e-6 of the largest output, the direct kernel's 0.6-2.4e-6. The same F(2, k)
    built from XLA ops around the direct kernel lost (0.26-1.21x;
@@ -268,7 +272,7 @@ def _phase_input_grad(g: jax.Array, w: jax.Array, s: int, pads, x_shape) -> jax.
                 continue
             th, tw = sub.shape[:2]
             flipped = jnp.flip(sub, (0, 1)).transpose(0, 1, 3, 2)
-            phases.append(direct_conv.conv(
+            phases.append(_stride1_conv(
                 g, flipped, ((th - 1, rows - g.shape[1]), (tw - 1, cols - g.shape[2]))))
     grid = jnp.stack(phases).reshape(s, s, n, rows, cols, c).transpose(2, 3, 0, 4, 1, 5)
     grid = grid.reshape(n, rows * s, cols * s, c)
