@@ -123,24 +123,35 @@ def average(workdirs: list[Path], out_dir: Path) -> dict:
     return report
 
 
-def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, labels, fold) of every training row, in row order, from the
-    member's fold runs; refused unless they are the k folds of one partition."""
+def fold_predictions(member: Path) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray,
+                                                              np.ndarray]]]:
+    """(k, one (fold, rows, probabilities, labels) per fold run) of the member's fold*/
+    runs: folds of one k-fold partition (`config.num_folds` = k), none twice. All k of
+    them make `out_of_fold`; a screening run may hold the first few."""
     runs = sorted(member.glob("fold*"), key=lambda p: p.name)
     if not runs:
         raise UserError(f"{member}: no fold*/ runs (train the folds of config.num_folds)")
-    parts = []
+    parts, ks = [], set()
     for w in runs:
         _need(w, "config.json", "val_probs.npy", "val_labels.npy", "val_rows.npy")
         config = _json(w / "config.json")
-        if config.get("num_folds", 0) != len(runs):
-            raise UserError(f"{w / 'config.json'}: num_folds is {config.get('num_folds', 0)}, "
-                            f"but {member} holds {len(runs)} fold runs")
+        ks.add(config.get("num_folds", 0))
         parts.append((config["fold"], _npy(w / "val_rows.npy"), _npy(w / "val_probs.npy"),
                       _npy(w / "val_labels.npy")))
-    if sorted(p[0] for p in parts) != list(range(len(runs))):
-        raise UserError(f"{member}: expected folds 0..{len(runs) - 1} once each, got "
-                        f"{sorted(p[0] for p in parts)}")
+    k = max(ks)
+    folds = sorted(p[0] for p in parts)
+    if len(ks) > 1 or len(set(folds)) < len(folds) or not set(folds) <= set(range(k)):
+        raise UserError(f"{member}: its fold runs are not folds of one partition (num_folds "
+                        f"{sorted(ks)}, folds {folds})")
+    return k, parts
+
+
+def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, labels, fold) of every training row, in row order, from the
+    member's fold runs; refused unless they are the k folds of one partition."""
+    k, parts = fold_predictions(member)
+    if k != len(parts):
+        raise UserError(f"{member}: num_folds is {k}, but it holds {len(parts)} fold runs")
     rows = np.concatenate([p[1] for p in parts])
     if not np.array_equal(np.sort(rows), np.arange(len(rows))):
         raise UserError(f"{member}: the folds' validation rows do not cover the training "

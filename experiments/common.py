@@ -77,14 +77,16 @@ def run_main(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def train_folds(config: str, member: Path, folds: int, *overrides: str) -> float:
-    """Trains `config` on each of the k folds of `config.num_folds` into member/fold<i>;
-    each fold's last checkpoint predicts its held-out rows (nothing chosen on them), so
-    the folds together predict every training row once, out of fold. A fold run before
-    with the same config resumes or says it is trained (seconds); with another config,
+def train_folds(config: str, member: Path, folds: int, *overrides: str,
+                first: int = 0) -> float:
+    """Trains `config` on each of the k folds of `config.num_folds` into member/fold<i>
+    (the first `first` of them only, if given: a screening run); each fold's last
+    checkpoint predicts its held-out rows (nothing chosen on them), so the k folds
+    together predict every training row once, out of fold. A fold run before with the
+    same config resumes or says it is trained (seconds); with another config,
     digitjax.main refuses its workdir and this exits. Returns the wall seconds spent."""
     wall = 0.0
-    for fold in range(folds):
+    for fold in range(first or folds):
         workdir = Path(member) / f"fold{fold}"
         wall += run_main("--config", config, f"--workdir={workdir}",
                          f"--config.data_dir={DIGITS}",

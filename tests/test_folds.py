@@ -244,7 +244,7 @@ def test_the_out_of_fold_curve_sums_each_epochs_correct_digits_over_the_folds(tm
 def test_out_of_fold_refuses_folds_that_do_not_partition_the_rows(tmp_path):
     labels = np.array([0, 1, 0, 1])
     fold_run(tmp_path / "m" / "fold0", 0, 2, [0, 1], one_hot([0, 1]), [0, 1], [[1, 0], [0, 1]])
-    with pytest.raises(UserError, match="num_folds is 2, but .* holds 1 fold runs"):
+    with pytest.raises(UserError, match="num_folds is 2, but it holds 1 fold runs"):
         ensemble.out_of_fold(tmp_path / "m")
     fold_run(tmp_path / "m" / "fold1", 1, 2, [1, 3], one_hot([1, 1]), labels[[1, 3]],
              [[1, 0], [0, 1]])
@@ -252,6 +252,24 @@ def test_out_of_fold_refuses_folds_that_do_not_partition_the_rows(tmp_path):
         ensemble.out_of_fold(tmp_path / "m")
     with pytest.raises(UserError, match="no fold\\*/ runs"):
         ensemble.out_of_fold(tmp_path / "empty")
+
+
+def test_fold_predictions_take_the_first_folds_of_a_partition_and_refuse_mixed_ones(tmp_path):
+    """A screening run holds fold 0 of 2: read as such, refused as an out-of-fold member;
+    a fold of another partition or a fold twice is refused."""
+    fold_run(tmp_path / "m" / "fold0", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
+    k, parts = ensemble.fold_predictions(tmp_path / "m")
+    assert k == 2 and [(f, r.tolist(), y.tolist()) for f, r, _, y in parts] == [(0, [0, 2],
+                                                                                  [0, 1])]
+    with pytest.raises(UserError, match="num_folds is 2, but it holds 1 fold runs"):
+        ensemble.out_of_fold(tmp_path / "m")
+    fold_run(tmp_path / "m" / "fold1", 1, 3, [1, 3], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
+    with pytest.raises(UserError, match=r"not folds of one partition \(num_folds \[2, 3\]"):
+        ensemble.fold_predictions(tmp_path / "m")
+    fold_run(tmp_path / "d" / "fold0", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
+    fold_run(tmp_path / "d" / "fold0b", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
+    with pytest.raises(UserError, match=r"folds \[0, 0\]"):
+        ensemble.fold_predictions(tmp_path / "d")
 
 
 def test_two_folds_end_to_end_predict_every_row_with_the_last_checkpoint(digits_dir, tmp_path):
