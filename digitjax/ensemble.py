@@ -123,12 +123,15 @@ def average(workdirs: list[Path], out_dir: Path) -> dict:
     return report
 
 
-def fold_predictions(member: Path) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray,
-                                                              np.ndarray]]]:
+def fold_predictions(member: Path, first: int = 0) -> tuple[
+        int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
     """(k, one (fold, rows, probabilities, labels) per fold run) of the member's fold*/
-    runs: folds of one k-fold partition (`config.num_folds` = k), none twice. All k of
-    them make `out_of_fold`; a screening run may hold the first few."""
+    runs (fold0/..fold<first - 1>/ only, if `first` is given): folds of one k-fold
+    partition (`config.num_folds` = k), none twice. All k of them make `out_of_fold`; a
+    screening run reads the first few while later ones may still be training."""
     runs = sorted(member.glob("fold*"), key=lambda p: p.name)
+    if first:
+        runs = [member / f"fold{i}" for i in range(first) if (member / f"fold{i}").is_dir()]
     if not runs:
         raise UserError(f"{member}: no fold*/ runs (train the folds of config.num_folds)")
     parts, ks = [], set()

@@ -76,13 +76,13 @@ def parse_variants(a: argparse.Namespace) -> dict[str, list[str]]:
     return {n: VARIANTS[n] for n in names}
 
 
-def fold_scores(member: Path, complete: bool) -> tuple[np.ndarray, ...]:
+def fold_scores(member: Path, first: int) -> tuple[np.ndarray, ...]:
     """(rows, fold, labels, right) of the member's fold runs' held-out digits, in row
-    order: every training row if `complete` (checked), else those of the folds it holds."""
-    if complete:
+    order: every training row (checked) if `first` is 0, else those of folds 0..first-1."""
+    if not first:
         probs, labels, fold = ensemble.out_of_fold(member)
         return np.arange(len(labels)), fold, labels, probs.argmax(1) == labels
-    _, parts = ensemble.fold_predictions(member)
+    _, parts = ensemble.fold_predictions(member, first)
     rows = np.concatenate([r for _, r, _, _ in parts])
     order = np.argsort(rows, kind="stable")
     fold = np.concatenate([np.full(len(r), f) for f, r, _, _ in parts])[order]
@@ -132,7 +132,11 @@ def main() -> None:
         member = runs / name
         train_folds(a.config, member, a.folds, *shlex.split(a.common), *overrides,
                     first=a.train_folds)
-        scored_rows, fold, labels, right[name] = fold_scores(member, complete)
+        try:
+            scored_rows, fold, labels, right[name] = fold_scores(
+                member, 0 if complete else a.train_folds)
+        except UserError as e:
+            raise SystemExit(str(e)) from None
         if scored is None:  # the archives' partition is checked once the first folds exist
             scored = (scored_rows, fold, labels)
             right.update({Path(p).stem: archived(p, *scored) for p in against})

@@ -256,7 +256,8 @@ def test_out_of_fold_refuses_folds_that_do_not_partition_the_rows(tmp_path):
 
 def test_fold_predictions_take_the_first_folds_of_a_partition_and_refuse_mixed_ones(tmp_path):
     """A screening run holds fold 0 of 2: read as such, refused as an out-of-fold member;
-    a fold of another partition or a fold twice is refused."""
+    a fold of another partition or a fold twice is refused; `first` reads fold0/ alone
+    while later folds train."""
     fold_run(tmp_path / "m" / "fold0", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
     k, parts = ensemble.fold_predictions(tmp_path / "m")
     assert k == 2 and [(f, r.tolist(), y.tolist()) for f, r, _, y in parts] == [(0, [0, 2],
@@ -266,6 +267,8 @@ def test_fold_predictions_take_the_first_folds_of_a_partition_and_refuse_mixed_o
     fold_run(tmp_path / "m" / "fold1", 1, 3, [1, 3], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
     with pytest.raises(UserError, match=r"not folds of one partition \(num_folds \[2, 3\]"):
         ensemble.fold_predictions(tmp_path / "m")
+    (tmp_path / "m" / "fold2").mkdir()  # still training: no predictions yet
+    assert [f for f, *_ in ensemble.fold_predictions(tmp_path / "m", first=1)[1]] == [0]
     fold_run(tmp_path / "d" / "fold0", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
     fold_run(tmp_path / "d" / "fold0b", 0, 2, [0, 2], one_hot([0, 1]), [0, 1], [[1, 0]] * 2)
     with pytest.raises(UserError, match=r"folds \[0, 0\]"):
