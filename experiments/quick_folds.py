@@ -126,6 +126,10 @@ def main() -> None:
     complete = a.train_folds in (0, a.folds)
     against = [p for p in a.against.split(",") if p]
     variants = parse_variants(a)
+    clash = {Path(p).stem for p in against} & set(variants)
+    if clash or len({Path(p).stem for p in against}) < len(against):
+        raise SystemExit(f"--against: archive names must differ from each other and from the "
+                         f"variants' ({sorted(clash) or 'an archive twice'})")
     runs = Path(a.runs).resolve() if a.runs else REPO / "runs" / a.out
     right, rows, scored = {}, [], None
     for name, overrides in variants.items():
@@ -140,6 +144,9 @@ def main() -> None:
         if scored is None:  # the archives' partition is checked once the first folds exist
             scored = (scored_rows, fold, labels)
             right.update({Path(p).stem: archived(p, *scored) for p in against})
+        elif not (np.array_equal(scored_rows, scored[0]) and np.array_equal(fold, scored[1])):
+            raise SystemExit(f"--variant {name}: its folds hold other digits than the first "
+                             "variant's (an override of num_folds, split_seed or the data?)")
         records = [json.loads(line) for m in sorted(member.glob("fold*/metrics.jsonl"))
                    for line in m.read_text().splitlines()]
         seconds = [r["seconds"] for r in records if "resumed_at_batch" not in r]  # whole epochs
