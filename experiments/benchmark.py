@@ -20,6 +20,13 @@ and TFDS lazy.
 
 Prints a table with the ratios digitjax/peer and the fraction of this machine's
 measured matmul peak, and writes experiments/results/benchmark.md.
+
+On a CUDA machine the same command times each framework on the GPU (jax[cuda]: digitjax
+and Keras on JAX's default device; PyTorch CUDA) in bfloat16 (`--precision auto`:
+bfloat16 on an accelerator, float32 on a CPU; digitjax's `config.dtype`, PyTorch's
+autocast, Keras's mixed_bfloat16 policy), each row naming its device and precision where
+they are not the CPU's float32. Not yet run on a GPU (none was lent to the session
+that wrote this); `--precision bfloat16` on a CPU runs the same code paths but the device's.
 """
 
 from __future__ import annotations
@@ -76,7 +83,19 @@ def timed(step, n_images: int) -> tuple[float, float]:
     return first, statistics.median(rates)
 
 
-def worker_digitjax(model: str) -> dict:
+def precision_for(precision: str, accelerator: bool) -> str:
+    """--precision as a worker applies it: "auto" is bfloat16 on an accelerator."""
+    return ("bfloat16" if accelerator else "float32") if precision == "auto" else precision
+
+
+def jax_device() -> tuple[str, bool]:
+    """(JAX's default device kind, whether it is an accelerator)."""
+    import jax
+
+    return jax.devices()[0].device_kind, jax.default_backend() != "cpu"
+
+
+def worker_digitjax(model: str, precision: str) -> dict:
     import jax
     from common import step_config
 
@@ -85,6 +104,8 @@ def worker_digitjax(model: str) -> dict:
 
     config = step_config(model, BATCH)
     parallel.set_cpu_devices(config.cpu_devices)  # the shipped config's, as `main` applies it
+    device, accelerator = jax_device()  # after: asking starts the backends
+    config.dtype = precision_for(precision, accelerator)  # the CPU tricks take float32 only
     # placed as the loop places them: state replicated, batch split over the data mesh
     # (all CPU devices: 2 on a 2-core CPU, see digitjax/cpu_flags.py, unless the config
     # sets one, as configs/best.py and its ensemble members do)
@@ -113,15 +134,23 @@ def worker_digitjax(model: str) -> dict:
     _, infer_rate = timed(lambda: jax.block_until_ready(predict(holder["state"], xd)), BATCH)
     return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate,
             # cost analysis of a program split over the mesh counts one device's share
-            "train_flops_per_image": flops * mesh.size / BATCH, "devices": mesh.size}
+            "train_flops_per_image": flops * mesh.size / BATCH, "devices": mesh.size,
+            "device": device if accelerator else "cpu", "dtype": config.dtype}
 
 
-def worker_torch(model: str, variant: str = "") -> dict:
+def worker_torch(model: str, precision: str, variant: str = "") -> dict:
     """PyTorch as a user runs it (NCHW, eager); `variant` "channels_last" (NHWC memory
     format, which oneDNN's CPU convolutions prefer) or "compile" (`torch.compile`, its
-    default inductor backend): the peer's own speed-ups, reported beside its default."""
+    default inductor backend): the peer's own speed-ups, reported beside its default.
+    On CUDA when PyTorch sees it, bfloat16 by autocast where `precision` says so."""
+    import contextlib
+
     import torch
     from torch import nn
+
+    cuda = torch.cuda.is_available()
+    dtype = precision_for(precision, cuda)
+    device = torch.device("cuda" if cuda else "cpu")
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -180,11 +209,15 @@ def worker_torch(model: str, variant: str = "") -> dict:
             nn.AvgPool2d(2), nn.Flatten(),
             nn.Linear(7 * 7 * 64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(),
             nn.Dropout(0.25), nn.Linear(256, 10))
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     loss_fn = nn.CrossEntropyLoss()
     x, y = digits()
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, PyTorch's layout
-    yt = torch.from_numpy(y).long()
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)  # NCHW, its layout
+    yt = torch.from_numpy(y).long().to(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if (
+        dtype == "bfloat16") else contextlib.nullcontext
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA calls return early
     if variant == "channels_last":  # Module.to converts the parameters in place
         net.to(memory_format=torch.channels_last)
         xt = xt.contiguous(memory_format=torch.channels_last)
@@ -194,25 +227,33 @@ def worker_torch(model: str, variant: str = "") -> dict:
     def step():
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(xt.float() / 255.0), yt)
+        with autocast():
+            loss = loss_fn(forward(xt.float() / 255.0), yt)
         loss.backward()
         opt.step()
+        sync()
 
     compile_s, train_rate = timed(step, BATCH)
 
     def infer():
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             forward(xt.float() / 255.0)
+        sync()
 
     _, infer_rate = timed(infer, BATCH)
-    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
+    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "dtype": dtype}
 
 
-def worker_keras(model: str) -> dict:
+def worker_keras(model: str, precision: str) -> dict:
     import keras
     from keras import layers
 
+    device, accelerator = jax_device()  # Keras 3 on its JAX backend: JAX's device
+    dtype = precision_for(precision, accelerator)
+    if dtype == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     if model == "seed":
         net = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(32, 3, activation="relu"),
@@ -248,7 +289,8 @@ def worker_keras(model: str) -> dict:
     xf = x.astype("float32") / 255.0
     compile_s, train_rate = timed(lambda: net.train_on_batch(xf, y), BATCH)
     _, infer_rate = timed(lambda: net.predict_on_batch(xf), BATCH)
-    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate}
+    return {"compile_s": compile_s, "train_ips": train_rate, "infer_ips": infer_rate,
+            "device": device if accelerator else "cpu", "dtype": dtype}
 
 
 def peak_rss_mb() -> float:
@@ -260,12 +302,12 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_worker(framework: str, model: str) -> None:
+def run_worker(framework: str, model: str, precision: str) -> None:
     result = {"digitjax": worker_digitjax, "torch": worker_torch,
-              "torch_channels_last": lambda m: worker_torch(m, "channels_last"),
-              "torch_compile": lambda m: worker_torch(m, "compile"),
+              "torch_channels_last": lambda m, p: worker_torch(m, p, "channels_last"),
+              "torch_compile": lambda m, p: worker_torch(m, p, "compile"),
               "torch_malloc": worker_torch,  # eager, in a process started with TORCH_MALLOC
-              "keras": worker_keras}[framework](model)
+              "keras": worker_keras}[framework](model, precision)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -283,11 +325,11 @@ def available(framework: str) -> bool:
         return False
 
 
-def measure(framework: str, model: str) -> dict:
+def measure(framework: str, model: str, precision: str) -> dict:
     env = dict(os.environ)
     if framework == "torch_malloc":
         env["GLIBC_TUNABLES"] = TORCH_MALLOC
-    proc = subprocess.run([sys.executable, __file__, "--worker", framework, model],
+    proc = subprocess.run([sys.executable, __file__, "--worker", framework, model, precision],
                           capture_output=True, text=True, env=env, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not line:
@@ -409,12 +451,14 @@ def ratio(ours: list[dict], peer: list[dict], key: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
+    ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "PRECISION"))
     ap.add_argument("--models", default="flax_example,cnn,seed,strided_cnn,kernel_cnn:3,"
                     "kernel_cnn:5,kernel_cnn:7,inception_cnn")
     ap.add_argument("--peers", default=PEERS,
                     help=f"peers to time, from {', '.join(FRAMEWORKS[1:])}")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="compute precision of every framework; auto: bfloat16 on a GPU")
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--out", default="", help="Markdown file to write (default "
@@ -442,7 +486,7 @@ def main() -> None:
         for model in models:
             for f in frameworks:
                 if (f, model) in results:
-                    results[(f, model)].append(measure(f, model))
+                    results[(f, model)].append(measure(f, model, a.precision))
     lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores, load average {load:.1f} at the "
              f"start; float32 matmul peak (XLA) {peak:.0f} GFLOP/s"
              + (f"; batch {BATCH}; medians over {a.rounds} rounds x {REPEATS} repeats of "
@@ -454,7 +498,8 @@ def main() -> None:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model in models:
         med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
-                   for k in results[(f, model)][0]} for f in frameworks if (f, model) in results}
+                   for k, v in results[(f, model)][0].items() if not isinstance(v, str)}
+               for f in frameworks if (f, model) in results}
         ours = med["digitjax"]
         for f in med:
             m = med[f]
@@ -466,6 +511,9 @@ def main() -> None:
                 frac = f"{100 * ours['train_flops_per_image'] * m['train_ips'] / 1e9 / peak:.0f}%"
             who = f"digitjax ({m['devices']:.0f} XLA device{'s' * (m['devices'] > 1)})" if (
                 f == "digitjax" and "devices" in m) else f
+            where = results[(f, model)][0]  # device and precision: the same every round
+            if (where["device"], where["dtype"]) != ("cpu", "float32"):
+                who += f" [{where['device']}, {where['dtype']}]"
             lines.append(f"| {model} | {who} | {m['train_ips']:.0f} | {m['infer_ips']:.0f} | "
                          f"{m['compile_s']:.2f} | {m['peak_rss_mb']:.0f} | {ratio_t} | "
                          f"{ratio_i} | {frac} |")
