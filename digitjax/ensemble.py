@@ -155,15 +155,22 @@ def out_of_fold(member: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k, parts = fold_predictions(member)
     if k != len(parts):
         raise UserError(f"{member}: num_folds is {k}, but it holds {len(parts)} fold runs")
-    rows = np.concatenate([p[1] for p in parts])
-    if not np.array_equal(np.sort(rows), np.arange(len(rows))):
+    rows, probs, labels, fold = in_row_order(parts)
+    if not np.array_equal(rows, np.arange(len(rows))):
         raise UserError(f"{member}: the folds' validation rows do not cover the training "
                         "rows once each (different split_seed or data?)")
-    n, c = len(rows), parts[0][2].shape[1]
-    probs, labels, fold = np.zeros((n, c), np.float32), np.zeros(n, np.int64), np.zeros(n, int)
-    for f, r, p, y in parts:
-        probs[r], labels[r], fold[r] = p, y, f
     return probs, labels, fold
+
+
+def in_row_order(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, probabilities, labels, fold) of `fold_predictions`' parts, sorted by row."""
+    rows = np.concatenate([r for _, r, _, _ in parts])
+    order = np.argsort(rows, kind="stable")
+    fold = np.concatenate([np.full(len(r), f) for f, r, _, _ in parts])
+    probs = np.concatenate([p for _, _, p, _ in parts]).astype(np.float32)
+    labels = np.concatenate([y for _, _, _, y in parts]).astype(np.int64)
+    return rows[order], probs[order], labels[order], fold[order]
 
 
 def by_epoch(member: Path) -> list[float]:
