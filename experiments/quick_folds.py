@@ -81,14 +81,11 @@ def fold_scores(member: Path, first: int) -> tuple[np.ndarray, ...]:
     order: every training row (checked) if `first` is 0, else those of folds 0..first-1."""
     if not first:
         probs, labels, fold = ensemble.out_of_fold(member)
-        return np.arange(len(labels)), fold, labels, probs.argmax(1) == labels
-    _, parts = ensemble.fold_predictions(member, first)
-    rows = np.concatenate([r for _, r, _, _ in parts])
-    order = np.argsort(rows, kind="stable")
-    fold = np.concatenate([np.full(len(r), f) for f, r, _, _ in parts])[order]
-    probs = np.concatenate([p for _, _, p, _ in parts])[order]
-    labels = np.concatenate([y for _, _, _, y in parts])[order]
-    return rows[order], fold, labels, probs.argmax(1) == labels
+        rows = np.arange(len(labels))
+    else:
+        rows, probs, labels, fold = ensemble.in_row_order(
+            ensemble.fold_predictions(member, first)[1])
+    return rows, fold, labels, probs.argmax(1) == labels
 
 
 def archived(path: str, rows: np.ndarray, fold: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -123,7 +120,7 @@ def main() -> None:
     a = ap.parse_args()
     if not 0 <= a.train_folds <= a.folds:
         raise SystemExit(f"--train_folds: expected 0..{a.folds} (--folds), got {a.train_folds}")
-    complete = a.train_folds in (0, a.folds)
+    first_folds = 0 if a.train_folds == a.folds else a.train_folds  # 0: all, checked
     against = [p for p in a.against.split(",") if p]
     variants = parse_variants(a)
     clash = {Path(p).stem for p in against} & set(variants)
@@ -135,10 +132,9 @@ def main() -> None:
     for name, overrides in variants.items():
         member = runs / name
         train_folds(a.config, member, a.folds, *shlex.split(a.common), *overrides,
-                    first=a.train_folds)
+                    first=first_folds)
         try:
-            scored_rows, fold, labels, right[name] = fold_scores(
-                member, 0 if complete else a.train_folds)
+            scored_rows, fold, labels, right[name] = fold_scores(member, first_folds)
         except UserError as e:
             raise SystemExit(str(e)) from None
         if scored is None:  # the archives' partition is checked once the first folds exist
@@ -147,8 +143,8 @@ def main() -> None:
         elif not (np.array_equal(scored_rows, scored[0]) and np.array_equal(fold, scored[1])):
             raise SystemExit(f"--variant {name}: its folds hold other digits than the first "
                              "variant's (an override of num_folds, split_seed or the data?)")
-        records = [json.loads(line) for m in sorted(member.glob("fold*/metrics.jsonl"))
-                   for line in m.read_text().splitlines()]
+        records = [json.loads(line) for i in range(first_folds or a.folds)  # the scored folds
+                   for line in (member / f"fold{i}" / "metrics.jsonl").read_text().splitlines()]
         seconds = [r["seconds"] for r in records if "resumed_at_batch" not in r]  # whole epochs
         rows.append({"variant": name, "overrides": " ".join(overrides) or "-",
                      "epoch_seconds": statistics.median(seconds)})
@@ -163,8 +159,8 @@ def main() -> None:
         row.update(oof_accuracy=accuracy, interval_95=f"{low:.4f}-{high:.4f}",
                    errors=int(n - ok.sum()), vs_first="-" if row["variant"] == first else
                    f"p = {ensemble.paired_p(ok, right[first]):.2g}")
-    folds = "fold 0" if a.train_folds == 1 else f"folds 0..{a.train_folds - 1}"
-    where = (f"{n:,} training digits ({a.folds} folds" if complete else
+    folds = "fold 0" if first_folds == 1 else f"folds 0..{first_folds - 1}"
+    where = (f"{n:,} training digits ({a.folds} folds" if not first_folds else
              f"the {n:,} held-out digits of {folds} of {a.folds} (a screening run")
     table = markdown_table(rows, COLUMNS) + (
         f"\nOut of fold over {where}; each fold's model trained on the other folds' rows, "
