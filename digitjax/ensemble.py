@@ -6,8 +6,9 @@
 
 `--members`: each member folder holds the k runs of one config over the folds of
 `config.num_folds` (`fold0/` ... `fold<k-1>/`: together they predict every training row
-once with a model that never saw it: out-of-fold) and optionally runs trained on every
-row (`full*/`, `val_fraction=0`). A member's test probabilities are the mean of its
+once with a model that never saw it: out-of-fold), or their archive as `folds.npz` (see
+`--archive_dir`), and optionally runs trained on every row (`full*/`,
+`val_fraction=0`, the folds' recipe). A member's test probabilities are the mean of its
 `full*` runs, or of its fold runs when it has none. The members' weights are fitted on
 the out-of-fold probabilities (the log-likelihood, scipy), and the ensemble's accuracy
 is cross-fitted: each fold is scored with weights fitted on the other folds, so the
@@ -123,17 +124,23 @@ def average(workdirs: list[Path], out_dir: Path) -> dict:
     return report
 
 
+def fold_runs(member: Path) -> list[Path]:
+    """The member's fold*/ run folders, by name (not its `FOLDS_ARCHIVE` file)."""
+    return sorted((p for p in member.glob("fold*") if p.is_dir()), key=lambda p: p.name)
+
+
 def fold_predictions(member: Path, first: int = 0) -> tuple[
         int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
     """(k, one (fold, rows, probabilities, labels) per fold run) of the member's fold*/
     runs (fold0/..fold<first - 1>/ only, if `first` is given): folds of one k-fold
     partition (`config.num_folds` = k), none twice. All k of them make `out_of_fold`; a
     screening run reads the first few while later ones may still be training."""
-    runs = sorted(member.glob("fold*"), key=lambda p: p.name)
+    runs = fold_runs(member)
     if first:
         runs = [member / f"fold{i}" for i in range(first) if (member / f"fold{i}").is_dir()]
     if not runs:
-        raise UserError(f"{member}: no fold*/ runs (train the folds of config.num_folds)")
+        raise UserError(f"{member}: no fold*/ runs (train the folds of config.num_folds, "
+                        f"or put their archive there as {FOLDS_ARCHIVE})")
     parts, ks = [], set()
     for w in runs:
         _need(w, "config.json", "val_probs.npy", "val_labels.npy", "val_rows.npy")
@@ -180,7 +187,7 @@ def by_epoch(member: Path) -> list[float]:
     (the cosine decays over num_epochs): it says whether the last epochs still gain
     (train more) or have flattened; to choose num_epochs, compare fold runs of each
     length as members, paired."""
-    runs = sorted(member.glob("fold*"), key=lambda p: p.name)
+    runs = fold_runs(member)
     correct, total = None, 0
     for w in runs:
         n = len(_npy(w / "val_rows.npy"))
@@ -213,7 +220,10 @@ ARCHIVE_KEYS = ("probs", "labels", "fold", "by_epoch", "test_probs", "test_ids",
 
 
 def load_member(path: Path) -> Member:
-    """A member folder (fold*/ and full*/ runs) or an archive `save_member` wrote."""
+    """A member folder (fold*/ and full*/ runs, or `FOLDS_ARCHIVE` in place of the fold
+    runs) or an archive `save_member` wrote."""
+    if path.suffix != ".npz" and not fold_runs(path) and (path / FOLDS_ARCHIVE).is_file():
+        return _archived_folds(path)
     if path.suffix == ".npz":
         if not path.is_file():
             raise UserError(f"{path}: missing (expected a member archive written by "
@@ -240,9 +250,52 @@ def load_member(path: Path) -> Member:
         return m
     probs, labels, fold = out_of_fold(path)
     full = sorted(path.glob("full*"))
-    test, ids, classes, submission = test_probs(full or sorted(path.glob("fold*")))
+    test, ids, classes, submission = test_probs(full or fold_runs(path))
     return Member(path.name, probs, labels, fold, by_epoch(path), test, ids, classes,
                   submission, "full*" if full else "fold*", _json(path / "fold0" / "config.json"))
+
+
+# A member folder may hold its fold runs as one archive (`save_member`'s file) in place of
+# fold*/: the fold runs of an earlier session, whose folders are gone, and full*/ runs
+# trained since. The out-of-fold predictions (and so the weights) are the archive's, the
+# test probabilities the full runs'.
+FOLDS_ARCHIVE = "folds.npz"
+# What a full run must share with the archived folds for their out-of-fold predictions
+# to describe it (besides the model's own settings, config[config["model"]]); seeds, bags,
+# folds, paths and what a run prints may differ.
+RECIPE_FIELDS = ("model", "num_epochs", "batch_size", "optimizer", "optimizer_kwargs",
+                 "learning_rate", "schedule", "schedule_kwargs", "grad_clip_norm",
+                 "label_smoothing", "ema_decay", "augment", "dtype", "normalization",
+                 "image_size", "resize", "channels", "tta_shifts")
+
+
+def recipe_differences(folds: dict, run: dict) -> list[str]:
+    """The fields (of `RECIPE_FIELDS` and the model's settings that both configs hold)
+    where `run` trained another recipe than `folds`, as "field folds-value -> run-value"."""
+    fields = [*RECIPE_FIELDS, folds.get("model", "")]
+    return [f"{f} {folds[f]!r} -> {run[f]!r}" for f in fields
+            if f in folds and f in run and folds[f] != run[f]]
+
+
+def _archived_folds(path: Path) -> Member:
+    """A member folder whose fold runs are `FOLDS_ARCHIVE`: out of fold from the archive,
+    test probabilities from its full*/ runs (or the archive's, with none)."""
+    m = dataclasses.replace(load_member(path / FOLDS_ARCHIVE), name=path.name)
+    full = sorted(path.glob("full*"))
+    if not full:
+        return m
+    test, ids, classes, submission = test_probs(full)
+    if classes != m.classes or not np.array_equal(ids.astype(str), m.test_ids.astype(str)):
+        raise UserError(f"{full[0]}: predicted other test rows or classes than the folds "
+                        f"in {path / FOLDS_ARCHIVE}")
+    for w in full:
+        differ = recipe_differences(m.config, _json(w / "config.json"))
+        if differ:
+            raise UserError(f"{w}: trained another recipe than the folds in "
+                            f"{path / FOLDS_ARCHIVE} ({'; '.join(differ)}), so their "
+                            "out-of-fold predictions do not describe it")
+    return dataclasses.replace(m, test_probs=test, test_ids=ids, submission=submission,
+                               test_from="full*")
 
 
 def save_member(m: Member, path: Path) -> Path:

@@ -21,6 +21,9 @@ probabilities are kept in git as
 experiments/results/members/<name>_<epochs>ep_<k>folds[_full<N>_bag<b>].npz (a few MB),
 so members trained in different sessions can be ensembled later:
 `python -m digitjax.ensemble --members=experiments/results/members/a.npz,...`.
+A member whose fold runs are not under --runs but whose archive is (same --epochs,
+--folds, seed and bag) is not retrained: the archive goes into its folder as folds.npz,
+gives the out-of-fold predictions and weights, and only its --full runs train.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import sys
 from pathlib import Path
 
 from common import DIGITS, REPO, markdown_table, run_main, summary, train_folds, write_results
+
+from digitjax.ensemble import FOLDS_ARCHIVE, fold_runs
 
 COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
 # Ensemble members by name: a config and its arguments (configs/<file>.py[:arg]).
@@ -54,6 +59,18 @@ def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
             "val_tta": report.get("val_accuracy_tta", "-"), "wall_seconds": wall}
 
 
+def folds_archive(name: str, run: str, a: argparse.Namespace) -> Path | None:
+    """The archive of `run`'s fold runs in results/members/ (same member, seed, bag,
+    --folds and --epochs; with --epochs 0 the one such archive), if a session kept one."""
+    stem = f"{name}_{a.epochs or '*'}ep_{a.folds}folds{run.removeprefix(name)}"
+    found = (sorted(MEMBER_ARCHIVE.glob(f"{stem}.npz"))
+             or sorted(MEMBER_ARCHIVE.glob(f"{stem}_full*.npz")))  # the same folds
+    if len({p.name.split("ep_")[0] for p in found}) > 1:
+        sys.exit(f"--epochs 0: {run} has archives of several lengths "
+                 f"({', '.join(p.name for p in found)}); name the length with --epochs")
+    return found[0] if found else None
+
+
 def ensemble(a: argparse.Namespace, runs: Path) -> None:
     """k-fold runs (and --full runs) of each member, then the weighted ensemble."""
     names = a.members.split(",")
@@ -68,10 +85,21 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     bag = f"_bag{a.bag:g}" if a.bag < 1 else ""
     members = {f"{name}{f'_seed{seed}' if seed else ''}{bag}": (name, seed)
                for seed in seeds for name in names}
-    walls = {}
+    walls, archived = {}, {}
     for run, (name, seed) in members.items():
-        walls[run] = train_folds(MEMBERS[name], runs / run, a.folds, *epochs,
-                                 f"--config.seed={seed}", f"--config.bag_fraction={a.bag}")
+        kept = None if fold_runs(runs / run) else folds_archive(name, run, a)
+        if kept is not None:
+            # the fold runs of an earlier session, archived: their out-of-fold predictions
+            # choose the weights; only the --full runs train
+            archived[run] = kept
+            (runs / run).mkdir(parents=True, exist_ok=True)
+            if not (runs / run / FOLDS_ARCHIVE).is_file():
+                shutil.copyfile(kept, runs / run / FOLDS_ARCHIVE)
+            print(f"{run}: folds from {kept.relative_to(REPO)} (not retrained)")
+            walls[run] = 0.0
+        else:
+            walls[run] = train_folds(MEMBERS[name], runs / run, a.folds, *epochs,
+                                     f"--config.seed={seed}", f"--config.bag_fraction={a.bag}")
         # --full runs: seeds S*N..S*N+N-1, so no two seeds share a run (S..S+N-1 made
         # seed 0's full1 and seed 1's full0 the same run twice); seed 0's stay 0..N-1
         for full in range(seed * a.full, (seed + 1) * a.full):
@@ -86,12 +114,15 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
                     f"--output_dir={out}", f"--archive_dir={out / 'members'}"],
                    cwd=REPO, check=True)
     report = json.loads((out / "summary.json").read_text())
-    epochs_run = {run: summary(runs / run / "fold0")["epochs"] for run in members}
+    epochs_run = {r["name"]: len(r["oof_by_epoch"]) for r in report["results"]
+                  if r["name"] in members}
     # each member's out-of-fold and test probabilities outlive runs/: kept in git (see
     # the top), where `python -m digitjax.ensemble --members=<a>.npz,<b>.npz` ensembles
     # them with members trained another time
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
     for run, (name, _) in members.items():
+        if run in archived and not a.full:
+            continue  # nothing new: the archive it came from
         kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[run]}ep_{a.folds}folds"
                                  f"{run.removeprefix(name)}"  # _seed<S>, _bag<b>
                                  f"{f'_full{a.full}' if a.full else ''}.npz")
@@ -118,8 +149,10 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
                         "| member | " + " | ".join(str(e) for e in range(1, width + 1))
                         + " |\n|" + " --- |" * (width + 1) + "\n" + epochs_table)
     weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(members, report["weights"], strict=True))
+    reused = "".join(f" {run}'s folds are {p.relative_to(REPO)} (not retrained; its "
+                     "wall_seconds are its --full runs')." for run, p in archived.items())
     table = (markdown_table(rows, OOF_COLUMNS) + f"\nOut-of-fold over {report['oof_rows']:,} "
-             f"training rows ({a.folds} folds). Weights fitted on them: {weights}. "
+             f"training rows ({a.folds} folds). Weights fitted on them: {weights}.{reused} "
              f"Submission: {out / 'submission.csv'}\n" + epochs_table)
     write_results(a.out, "Recipe: ensemble (out-of-fold)", table,
                   f"python experiments/recipes.py ensemble --members {a.members} "

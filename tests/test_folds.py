@@ -230,6 +230,52 @@ def test_an_archive_keeps_string_ids_and_the_curve_and_refuses_broken_files(tmp_
     assert "bad.npz: not a member archive" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_archived_folds_give_the_weights_and_full_runs_the_test_prediction(tmp_path):
+    """A member folder holding its fold runs' archive (folds.npz) and a full run: out of
+    fold from the archive, test probabilities from the full run; a full run of another
+    recipe (epochs, the model's settings) or of other test rows is refused by name."""
+    labels = np.array([0, 1, 0, 1])
+    for f, rows in enumerate([np.array([0, 1]), np.array([2, 3])]):
+        fold_run(tmp_path / "m" / f"fold{f}", f, 2, rows, one_hot(labels[rows]), labels[rows],
+                 [[0.8, 0.2], [0.3, 0.7]])
+        config = {"num_folds": 2, "fold": f, "model": "cnn", "num_epochs": 3, "seed": 0,
+                  "cnn": {"dense": 8}, "val_fraction": 0.1}
+        (tmp_path / "m" / f"fold{f}" / "config.json").write_text(json.dumps(config))
+    ensemble.from_members([tmp_path / "m"], tmp_path / "out", tmp_path / "archive")
+    member = tmp_path / "runs" / "m"
+    member.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "archive" / "m.npz", member / ensemble.FOLDS_ARCHIVE)
+    alone = ensemble.load_member(member)  # no full run yet: the archive's test prediction
+    assert alone.test_from == "fold*" and alone.name == "m"
+    np.testing.assert_allclose(alone.test_probs, [[0.8, 0.2], [0.3, 0.7]])
+    # the full run: another seed, no validation split, the folds' recipe
+    fold_run(member / "full0", 0, 0, [], np.zeros((0, 2)), [], [[0.1, 0.9], [0.6, 0.4]])
+    full_config = {**config, "num_folds": 0, "seed": 5, "val_fraction": 0.0}
+    (member / "full0" / "config.json").write_text(json.dumps(full_config))
+    report = ensemble.from_members([member], tmp_path / "out2")
+    assert report["results"][0]["test_from"] == "full*"
+    assert report["results"][0]["oof_accuracy"] == 1.0
+    np.testing.assert_allclose(np.load(tmp_path / "out2" / "test_probs.npy"),
+                               [[0.1, 0.9], [0.6, 0.4]])
+    assert pd.read_csv(tmp_path / "out2" / "submission.csv")["Label"].tolist() == [1, 0]
+
+    (member / "full0" / "config.json").write_text(json.dumps(
+        {**full_config, "num_epochs": 5, "cnn": {"dense": 16}}))
+    with pytest.raises(UserError, match=r"full0: trained another recipe than the folds in "
+                       r".*folds.npz \(num_epochs 3 -> 5; cnn \{'dense': 8\} -> "
+                       r"\{'dense': 16\}\)"):
+        ensemble.load_member(member)
+    (member / "full0" / "config.json").write_text(json.dumps(full_config))
+    pd.DataFrame({"id": [1, 3], "label": ["1", "0"]}).to_csv(member / "full0" / "predictions.csv",
+                                                             index=False)
+    with pytest.raises(UserError, match="full0: predicted other test rows or classes"):
+        ensemble.load_member(member)
+    (member / ensemble.FOLDS_ARCHIVE).unlink()
+    with pytest.raises(UserError, match="no fold\\*/ runs .* or put their archive there as "
+                       "folds.npz"):
+        ensemble.load_member(member)
+
+
 def test_the_out_of_fold_curve_sums_each_epochs_correct_digits_over_the_folds(tmp_path):
     """Fold 0 (4 rows) gets 2 then 4 right, fold 1 (4 rows) 3 then 3: 5/8 then 7/8."""
     for f, accuracies in enumerate([(0.5, 1.0), (0.75, 0.75)]):
