@@ -41,7 +41,7 @@ from digitjax import files, scores
 from digitjax.data import Dataset
 from digitjax.errors import UserError
 from digitjax.predict import write_predictions
-from digitjax.workdir import read_metrics
+from digitjax.workdir import flatten, migrate, read_metrics
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained workdirs to average.")
 _MEMBERS = flags.DEFINE_list("members", [], "Member folders (fold*/ and full*/ runs) or "
@@ -127,6 +127,11 @@ def average(workdirs: list[Path], out_dir: Path) -> dict:
 def fold_runs(member: Path) -> list[Path]:
     """The member's fold*/ run folders, by name (not its `FOLDS_ARCHIVE` file)."""
     return sorted((p for p in member.glob("fold*") if p.is_dir()), key=lambda p: p.name)
+
+
+def full_runs(member: Path) -> list[Path]:
+    """The member's full*/ run folders (trained on every row), by name."""
+    return sorted((p for p in member.glob("full*") if p.is_dir()), key=lambda p: p.name)
 
 
 def fold_predictions(member: Path, first: int = 0) -> tuple[
@@ -249,7 +254,7 @@ def load_member(path: Path) -> Member:
                             f"{m.test_probs.shape}, {len(m.test_ids)} test ids, {c} classes)")
         return m
     probs, labels, fold = out_of_fold(path)
-    full = sorted(path.glob("full*"))
+    full = full_runs(path)
     test, ids, classes, submission = test_probs(full or fold_runs(path))
     return Member(path.name, probs, labels, fold, by_epoch(path), test, ids, classes,
                   submission, "full*" if full else "fold*", _json(path / "fold0" / "config.json"))
@@ -270,18 +275,21 @@ RECIPE_FIELDS = ("model", "num_epochs", "batch_size", "optimizer", "optimizer_kw
 
 
 def recipe_differences(folds: dict, run: dict) -> list[str]:
-    """The fields (of `RECIPE_FIELDS` and the model's settings that both configs hold)
-    where `run` trained another recipe than `folds`, as "field folds-value -> run-value"."""
-    fields = [*RECIPE_FIELDS, folds.get("model", "")]
-    return [f"{f} {folds[f]!r} -> {run[f]!r}" for f in fields
-            if f in folds and f in run and folds[f] != run[f]]
+    """The fields of `RECIPE_FIELDS` (and the model's own settings) where the config
+    `run` trains another recipe than `folds`, as "field folds-value -> run-value"; both
+    read in today's layout (`workdir.migrate`: an older archive's missing fields take the
+    values that trained it)."""
+    a, b = flatten(migrate(folds)), flatten(migrate(run))
+    groups = {*RECIPE_FIELDS, a.get("model")}
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k.split(".")[0] in groups and a.get(k) != b.get(k)]
 
 
 def _archived_folds(path: Path) -> Member:
     """A member folder whose fold runs are `FOLDS_ARCHIVE`: out of fold from the archive,
     test probabilities from its full*/ runs (or the archive's, with none)."""
     m = dataclasses.replace(load_member(path / FOLDS_ARCHIVE), name=path.name)
-    full = sorted(path.glob("full*"))
+    full = full_runs(path)
     if not full:
         return m
     test, ids, classes, submission = test_probs(full)

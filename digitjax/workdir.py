@@ -106,12 +106,12 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):  # an empty group adds nothing
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
@@ -123,8 +123,8 @@ def check_same_run(workdir: epath.PathLike, config: ml_collections.ConfigDict) -
     saved = read_saved_config(workdir)
     if saved is None:
         return
-    saved = _flatten(saved)
-    now = _flatten(json.loads(config.to_json()))
+    saved = flatten(saved)
+    now = flatten(json.loads(config.to_json()))
     changed = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

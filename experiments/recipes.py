@@ -18,7 +18,7 @@ rows with its last checkpoint: out-of-fold, nothing chosen on them) and, with --
 on every row; `python -m digitjax.ensemble --members` fits the weights on the
 out-of-fold predictions and writes the submission. Each member's out-of-fold and test
 probabilities are kept in git as
-experiments/results/members/<name>_<epochs>ep_<k>folds[_full<N>_bag<b>].npz (a few MB),
+experiments/results/members/<name>_<epochs>ep_<k>folds[_seed<S>][_bag<b>][_full<N>].npz,
 so members trained in different sessions can be ensembled later:
 `python -m digitjax.ensemble --members=experiments/results/members/a.npz,...`.
 A member whose fold runs are not under --runs but whose archive is (same --epochs,
@@ -29,6 +29,8 @@ gives the out-of-fold predictions and weights, and only its --full runs train.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -37,7 +39,8 @@ from pathlib import Path
 
 from common import DIGITS, REPO, markdown_table, run_main, summary, train_folds, write_results
 
-from digitjax.ensemble import FOLDS_ARCHIVE, fold_runs
+from digitjax.ensemble import FOLDS_ARCHIVE, fold_runs, full_runs, load_member, recipe_differences
+from digitjax.files import atomic_write
 
 COLUMNS = ["run", "config", "seed", "epochs", "best_val", "last_val", "val_tta", "wall_seconds"]
 # Ensemble members by name: a config and its arguments (configs/<file>.py[:arg]).
@@ -57,6 +60,18 @@ def train(config: str, workdir: Path, seed: int = 0, *overrides: str) -> dict:
     return {"config": config + "".join(" " + o for o in overrides), "seed": seed,
             "epochs": s["epochs"], "best_val": report["val_accuracy"], "last_val": s["last_val"],
             "val_tta": report.get("val_accuracy_tta", "-"), "wall_seconds": wall}
+
+
+def member_config(name: str, epochs: int) -> dict:
+    """The config a member's runs train (its configs/<file>.py[:arg], `epochs` long), as
+    their config.json holds it."""
+    path, _, arg = MEMBERS[name].partition(":")
+    spec = importlib.util.spec_from_file_location(f"member_{name}", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    config.num_epochs = epochs
+    return json.loads(config.to_json())
 
 
 def folds_archive(name: str, run: str, a: argparse.Namespace) -> Path | None:
@@ -88,13 +103,21 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     walls, archived = {}, {}
     for run, (name, seed) in members.items():
         kept = None if fold_runs(runs / run) else folds_archive(name, run, a)
+        full_epochs = epochs
         if kept is not None:
             # the fold runs of an earlier session, archived: their out-of-fold predictions
-            # choose the weights; only the --full runs train
+            # choose the weights; only the --full runs train, for the folds' epochs
             archived[run] = kept
-            (runs / run).mkdir(parents=True, exist_ok=True)
-            if not (runs / run / FOLDS_ARCHIVE).is_file():
-                shutil.copyfile(kept, runs / run / FOLDS_ARCHIVE)
+            folds = load_member(kept).config
+            full_epochs = [f"--config.num_epochs={folds['num_epochs']}"]
+            differ = recipe_differences(folds, member_config(name, folds["num_epochs"]))
+            if differ:
+                sys.exit(f"{kept.relative_to(REPO)}: its folds trained another recipe than "
+                         f"{MEMBERS[name]} gives now ({'; '.join(differ)}); move the archive "
+                         "away to retrain the folds")
+            target = runs / run / FOLDS_ARCHIVE
+            if not (target.is_file() and target.read_bytes() == kept.read_bytes()):
+                atomic_write(target, functools.partial(shutil.copyfile, kept))
             print(f"{run}: folds from {kept.relative_to(REPO)} (not retrained)")
             walls[run] = 0.0
         else:
@@ -107,7 +130,7 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
                 "--config", MEMBERS[name], f"--workdir={runs / run / f'full{full}'}",
                 f"--config.data_dir={DIGITS}", "--config.val_fraction=0",
                 f"--config.bag_fraction={a.bag}", f"--config.seed={full}",
-                "--config.plots=false", *epochs)
+                "--config.plots=false", *full_epochs)
     out = runs / "ensemble"
     subprocess.run([sys.executable, "-m", "digitjax.ensemble",
                     f"--members={','.join(str(runs / run) for run in members)}",
@@ -121,11 +144,12 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     # them with members trained another time
     MEMBER_ARCHIVE.mkdir(parents=True, exist_ok=True)
     for run, (name, _) in members.items():
-        if run in archived and not a.full:
+        full = len(full_runs(runs / run))  # the runs its test probabilities are the mean of
+        if run in archived and not full:
             continue  # nothing new: the archive it came from
         kept = MEMBER_ARCHIVE / (f"{name}_{epochs_run[run]}ep_{a.folds}folds"
                                  f"{run.removeprefix(name)}"  # _seed<S>, _bag<b>
-                                 f"{f'_full{a.full}' if a.full else ''}.npz")
+                                 f"{f'_full{full}' if full else ''}.npz")
         if kept.exists():
             print(f"replacing {kept.relative_to(REPO)} (git has the earlier one)")
         shutil.copyfile(out / "members" / f"{run}.npz", kept)

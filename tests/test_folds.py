@@ -262,10 +262,17 @@ def test_archived_folds_give_the_weights_and_full_runs_the_test_prediction(tmp_p
     (member / "full0" / "config.json").write_text(json.dumps(
         {**full_config, "num_epochs": 5, "cnn": {"dense": 16}}))
     with pytest.raises(UserError, match=r"full0: trained another recipe than the folds in "
-                       r".*folds.npz \(num_epochs 3 -> 5; cnn \{'dense': 8\} -> "
-                       r"\{'dense': 16\}\)"):
+                       r".*folds.npz \(cnn.dense 8 -> 16; num_epochs 3 -> 5\)"):
+        ensemble.load_member(member)
+    # an archive from before a field existed holds the value that trained it
+    (member / "full0" / "config.json").write_text(json.dumps(
+        {**full_config, "dtype": "float32", "augment": {"elastic_alpha": 0.0}}))
+    assert ensemble.load_member(member).test_from == "full*"
+    (member / "full0" / "config.json").write_text(json.dumps({**full_config, "dtype": "bfloat16"}))
+    with pytest.raises(UserError, match=r"\(dtype 'float32' -> 'bfloat16'\)"):
         ensemble.load_member(member)
     (member / "full0" / "config.json").write_text(json.dumps(full_config))
+    (member / "full.log").write_text("a file is not a run")
     pd.DataFrame({"id": [1, 3], "label": ["1", "0"]}).to_csv(member / "full0" / "predictions.csv",
                                                              index=False)
     with pytest.raises(UserError, match="full0: predicted other test rows or classes"):
