@@ -109,6 +109,7 @@ def _optimisation(config: ml_collections.ConfigDict) -> None:
     config.schedule_kwargs = ml_collections.ConfigDict({"warmup_epochs": 1.0})
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
     config.label_smoothing = 0.0  # Softmax cross-entropy label smoothing.
+    # 0.1 on best.py, out of fold over 2 folds: 98 errors of 21,005 against 97 (neutral).
     config.ema_decay = 0.0  # Evaluate a moving average of the weights (warmed up); 0 = off.
 
 
