@@ -29,6 +29,7 @@ gives the out-of-fold predictions and weights, and only its --full runs train.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import functools
 import importlib.util
 import json
@@ -86,6 +87,23 @@ def folds_archive(name: str, run: str, a: argparse.Namespace) -> Path | None:
     return found[0] if found else None
 
 
+def use_archive(name: str, kept: Path, member: Path) -> int:
+    """Puts the archive `kept` in the member folder as its fold runs (their out-of-fold
+    predictions choose the weights; only --full runs train), once it is checked against
+    the member's config; returns its epochs, which the full runs must train."""
+    folds = load_member(kept).config
+    differ = recipe_differences(folds, member_config(name, folds["num_epochs"]))
+    if differ:
+        sys.exit(f"{kept.relative_to(REPO)}: its folds trained another recipe than "
+                 f"{MEMBERS[name]} gives now ({'; '.join(differ)}); move the archive "
+                 "away to retrain the folds")
+    target = member / FOLDS_ARCHIVE
+    if not (target.is_file() and filecmp.cmp(target, kept, shallow=False)):
+        atomic_write(target, functools.partial(shutil.copyfile, kept))
+    print(f"{member.name}: folds from {kept.relative_to(REPO)} (not retrained)")
+    return folds["num_epochs"]
+
+
 def ensemble(a: argparse.Namespace, runs: Path) -> None:
     """k-fold runs (and --full runs) of each member, then the weighted ensemble."""
     names = a.members.split(",")
@@ -103,24 +121,12 @@ def ensemble(a: argparse.Namespace, runs: Path) -> None:
     walls, archived = {}, {}
     for run, (name, seed) in members.items():
         kept = None if fold_runs(runs / run) else folds_archive(name, run, a)
-        full_epochs = epochs
-        if kept is not None:
-            # the fold runs of an earlier session, archived: their out-of-fold predictions
-            # choose the weights; only the --full runs train, for the folds' epochs
+        if kept is not None:  # out of fold from an earlier session's archive
             archived[run] = kept
-            folds = load_member(kept).config
-            full_epochs = [f"--config.num_epochs={folds['num_epochs']}"]
-            differ = recipe_differences(folds, member_config(name, folds["num_epochs"]))
-            if differ:
-                sys.exit(f"{kept.relative_to(REPO)}: its folds trained another recipe than "
-                         f"{MEMBERS[name]} gives now ({'; '.join(differ)}); move the archive "
-                         "away to retrain the folds")
-            target = runs / run / FOLDS_ARCHIVE
-            if not (target.is_file() and target.read_bytes() == kept.read_bytes()):
-                atomic_write(target, functools.partial(shutil.copyfile, kept))
-            print(f"{run}: folds from {kept.relative_to(REPO)} (not retrained)")
+            full_epochs = [f"--config.num_epochs={use_archive(name, kept, runs / run)}"]
             walls[run] = 0.0
         else:
+            full_epochs = epochs
             walls[run] = train_folds(MEMBERS[name], runs / run, a.folds, *epochs,
                                      f"--config.seed={seed}", f"--config.bag_fraction={a.bag}")
         # --full runs: seeds S*N..S*N+N-1, so no two seeds share a run (S..S+N-1 made
