@@ -84,6 +84,15 @@ def _need(w: Path, *names: str) -> None:
             raise UserError(f"{w / name}: missing (train that workdir to the end first)")
 
 
+def _same_test_rows(path: Path, classes: list[str], ids: np.ndarray, ref: Path | str,
+                    ref_classes: list[str], ref_ids: np.ndarray) -> None:
+    """Refuses, in one line naming `path`, test predictions of other rows (ids compared as
+    text, as an archive stores them) or classes than `ref`'s: they cannot be averaged."""
+    if classes != ref_classes or not np.array_equal(np.asarray(ids).astype(str),
+                                                    np.asarray(ref_ids).astype(str)):
+        raise UserError(f"{path}: predicted other test rows or classes than {ref}")
+
+
 def test_probs(workdirs: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
     """(mean test probabilities, ids, classes, writes a submission) of `workdirs`, which
     must have predicted the same rows with the same classes."""
@@ -92,8 +101,7 @@ def test_probs(workdirs: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str],
     classes = [_json(w / "classes.json") for w in workdirs]
     ids = [pd.read_csv(w / "predictions.csv", usecols=["id"])["id"].to_numpy() for w in workdirs]
     for w, c, i in zip(workdirs[1:], classes[1:], ids[1:], strict=True):
-        if c != classes[0] or not np.array_equal(i, ids[0]):
-            raise UserError(f"{w}: predicted other rows or classes than {workdirs[0]}")
+        _same_test_rows(w, c, i, workdirs[0], classes[0], ids[0])
     probs = np.mean([_npy(w / "test_probs.npy") for w in workdirs], axis=0)
     return probs, ids[0], classes[0], (workdirs[0] / "submission.csv").is_file()
 
@@ -293,9 +301,8 @@ def _archived_folds(path: Path) -> Member:
     if not full:
         return m
     test, ids, classes, submission = test_probs(full)
-    if classes != m.classes or not np.array_equal(ids.astype(str), m.test_ids.astype(str)):
-        raise UserError(f"{full[0]}: predicted other test rows or classes than the folds "
-                        f"in {path / FOLDS_ARCHIVE}")
+    _same_test_rows(full[0], classes, ids, f"the folds in {path / FOLDS_ARCHIVE}",
+                   m.classes, m.test_ids)
     for w in full:
         differ = recipe_differences(m.config, _json(w / "config.json"))
         if differ:
@@ -390,8 +397,8 @@ def from_members(members: list[Path], out_dir: Path, archive_dir: Path | None = 
         if not (np.array_equal(m.labels, labels) and np.array_equal(m.fold, fold)):
             raise UserError(f"{path}: its folds are not {members[0]}'s (the members must share "
                             "num_folds and split_seed)")
-        if m.classes != loaded[0].classes or not np.array_equal(m.test_ids, loaded[0].test_ids):
-            raise UserError(f"{path}: predicted other test rows or classes than {members[0]}")
+        _same_test_rows(path, m.classes, m.test_ids, members[0], loaded[0].classes,
+                        loaded[0].test_ids)
     probs, n = [m.probs for m in loaded], len(labels)
     rows = [_row(m.name, float(np.mean(m.probs.argmax(1) == labels)), n,
                  test_from=m.test_from, oof_by_epoch=m.by_epoch) for m in loaded]

@@ -36,7 +36,7 @@ def test_ensemble_refuses_mismatched_members(tmp_path):
     a = member(tmp_path / "a", [[1, 0], [0, 1]], [[1, 0]], [0])
     b = member(tmp_path / "b", [[1, 0], [0, 1]], [[1, 0]], [0])
     (b / "classes.json").write_text(json.dumps(["x", "y"]))
-    with pytest.raises(UserError, match=r"/b: predicted other rows or classes"):
+    with pytest.raises(UserError, match=r"/b: predicted other test rows or classes"):
         ensemble([a, b], tmp_path / "out")
     with pytest.raises(UserError, match=r"at least two"):
         ensemble([a], tmp_path / "out")
