@@ -302,7 +302,7 @@ def _archived_folds(path: Path) -> Member:
         return m
     test, ids, classes, submission = test_probs(full)
     _same_test_rows(full[0], classes, ids, f"the folds in {path / FOLDS_ARCHIVE}",
-                   m.classes, m.test_ids)
+                    m.classes, m.test_ids)
     for w in full:
         differ = recipe_differences(m.config, _json(w / "config.json"))
         if differ:
