@@ -19,7 +19,7 @@ from etils import epath
 
 from digitjax import checkpoint, files, model_summary, parallel, plots, scores
 from digitjax.errors import UserError
-from digitjax.workdir import RUN_INFO, read_metrics, saved_config
+from digitjax.workdir import RUN_INFO, flatten, read_metrics, saved_config
 
 REPORT, COMPARISON = "report.html", "comparison.html"
 
@@ -131,7 +131,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     checkpoints = checkpoint.listing(run.workdir) if checkpoints is None else checkpoints
     html = _render(_REPORT, title=f"digitjax report: {run.name}", run=run, figures=figures,
                    note=note,
-                   facts=run.facts(), config=_flatten(run.config),
+                   facts=run.facts(), config=flatten(run.config, keep_empty=True),
                    data=run.info.get("data"), model=run.info.get("model"),
                    headline=model_summary.headline(run.info["model"])
                    if "model" in run.info else "", checkpoints=checkpoints,
@@ -155,7 +155,7 @@ def write_comparison(workdirs: list[epath.PathLike],
                 f"not on {runs[0].dataset[0]} ({len(runs[0].class_names)} classes) as "
                 f"{runs[0].workdir}; a comparison needs runs of one dataset")
     names = _unique_names(runs)
-    configs = [_flatten(r.config) for r in runs]
+    configs = [flatten(r.config, keep_empty=True) for r in runs]
     differ = sorted(k for k in set().union(*configs)
                     if len({json.dumps(c.get(k)) for c in configs}) > 1)
     facts = [r.facts() for r in runs]
@@ -199,16 +199,6 @@ def _data_uri(png: bytes) -> str:
 
 def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _unique_names(runs: list[Run]) -> list[str]:

@@ -106,12 +106,14 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole."""
+def flatten(tree: dict, prefix: str = "", keep_empty: bool = False) -> dict:
+    """{"augment": {"zoom": 0.1}} -> {"augment.zoom": 0.1}: a changed field is named whole.
+    An empty group adds nothing, or with `keep_empty` is kept as its value ({}), as a
+    table of every setting shows it."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict):  # an empty group adds nothing
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and (value or not keep_empty):
+            flat.update(flatten(value, f"{prefix}{key}.", keep_empty))
         else:
             flat[prefix + key] = value
     return flat
