@@ -494,7 +494,7 @@ def main() -> None:
                 if models else "."), ""]
     if models:
         lines += ["| model | framework | train img/s | infer img/s | first step s | peak RSS MB "
-                  "| digitjax/peer train | digitjax/peer infer | % of matmul peak |",
+                  "| digitjax/peer train | digitjax/peer infer | effective % of matmul peak |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model in models:
         med = {f: {k: statistics.median(r[k] for r in results[(f, model)])
@@ -520,6 +520,11 @@ def main() -> None:
         lines.append(f"| {model} | (XLA cost analysis) | "
                      f"{ours['train_flops_per_image'] / 1e6:.1f} MFLOP per image per "
                      "training step, lax's convolutions | | | | | | |")
+    if models:  # winograd multiplies less than lax's convolution that the FLOPs count
+        lines += ["", "Effective % of matmul peak: lax's convolution FLOPs per image x images/s "
+                  "over the matmul peak. The kernels multiply less than lax's convolution "
+                  "counts (winograd; no multiplies by padding), so this is a rate, not the "
+                  "share of the hardware used, and it can overstate that share."]
     if not a.skip_data:
         lines += [""] * bool(models) + ["| data path | seconds | images/s | peak RSS MB |",
                   "| --- | --- | --- | --- |"]
